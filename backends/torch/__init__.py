@@ -1,0 +1,28 @@
+"""The PyTorch engine: torch + torchdiffeq."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from odeplug.backend import Backend
+
+__all__ = ["TorchBackend"]
+
+
+class TorchBackend(Backend):
+    """PyTorch (torchdiffeq's ``odeint`` / ``odeint_adjoint``)."""
+
+    name: ClassVar[str] = "torch"
+    requires: ClassVar[tuple[str, ...]] = ("torch", "torchdiffeq")
+    install: ClassVar[str] = 'pip install "odeplug[torch]"'
+    array_modules: ClassVar[tuple[str, ...]] = ("torch",)
+
+    def odeint(self, func, y0, t, args, config):
+        from .solve import odeint
+
+        return odeint(func, y0, t, args, config)
+
+    def make_program(self, spec: Any) -> Any:
+        from .models import make_program
+
+        return make_program(spec)

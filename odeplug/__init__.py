@@ -1,0 +1,42 @@
+"""odeplug: Neural ODEs as scikit-learn estimators, on NumPy, PyTorch or JAX.
+
+The public API is re-exported here from private modules.
+"""
+
+from ._config import config_context, get_config, set_config
+from ._odeint import odeint
+from ._solver_options import (
+    ADAPTIVE_SOLVERS,
+    FIXED_STEP_SOLVERS,
+    SOLVERS,
+    BacksolveAdjoint,
+    ODESolveConfig,
+    ODEStats,
+    make_solve_config,
+)
+from .backend import Backend, BackendInfo, available_backends, get_backend, register_backend
+from .exceptions import BackendNotAvailableError, SolverError, TrainingDivergedError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADAPTIVE_SOLVERS",
+    "FIXED_STEP_SOLVERS",
+    "SOLVERS",
+    "Backend",
+    "BackendInfo",
+    "BackendNotAvailableError",
+    "BacksolveAdjoint",
+    "ODESolveConfig",
+    "ODEStats",
+    "SolverError",
+    "TrainingDivergedError",
+    "available_backends",
+    "config_context",
+    "get_backend",
+    "get_config",
+    "make_solve_config",
+    "odeint",
+    "register_backend",
+    "set_config",
+]

@@ -1,0 +1,120 @@
+"""The one solve entry point, dispatching to an engine at run time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._config import resolve_backend_name
+from ._solver_options import (
+    DEFAULT_ATOL,
+    DEFAULT_MAX_NUM_STEPS,
+    DEFAULT_RTOL,
+    BacksolveAdjoint,
+    make_solve_config,
+)
+from .backend import backend_for_array, get_backend
+
+__all__ = ["odeint"]
+
+
+def odeint(
+    func: Callable,
+    y0: Any,
+    t: Any,
+    args: Any = None,
+    *,
+    solver: str = "dopri5",
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    step_size: float | None = None,
+    adjoint: bool | BacksolveAdjoint = False,
+    max_num_steps: int = DEFAULT_MAX_NUM_STEPS,
+    options: Mapping[str, Any] | None = None,
+    backend: str | None = None,
+    return_stats: bool = False,
+):
+    """Solve ``dy/dt = func(t, y, args)`` from ``y(t[0]) = y0``; return ``y`` at every ``t``.
+
+    The same call runs on odeplug's NumPy engine, on PyTorch (torchdiffeq) or on JAX
+    (diffrax); ``func`` is written with the chosen engine's operations.
+
+    Parameters
+    ----------
+    func : callable
+        Vector field ``func(t, y, args) -> dy/dt``, same shape and dtype as ``y``.
+    y0 : array
+        Initial state, of any shape (a batch of states is one array). NumPy array, torch
+        tensor or JAX array.
+    t : 1-D array
+        Output times, strictly increasing or strictly decreasing; ``t[0]`` is the time of
+        ``y0``. The solver does not step onto intermediate times (dense output) and ends
+        exactly on ``t[-1]``.
+    args : pytree, optional
+        Parameters passed to ``func`` (dicts, lists, tuples of arrays). Gradients w.r.t.
+        them flow through ``odeint`` on every engine (autograd, torch autograd, JAX). On
+        torch, ``func`` may also be an ``nn.Module`` whose parameters are used.
+    solver : {"euler", "midpoint", "heun", "rk4", "bosh3", "dopri5", "tsit5", "dopri8"}
+        Fixed-step solvers take ``step_size``; adaptive ones take ``rtol``/``atol``. An
+        engine lacking one names those it has.
+    rtol, atol : float
+        Relative and absolute tolerance: a step is accepted when the RMS norm of
+        ``err / (atol + rtol * max(|y0|, |y1|))`` is below 1.
+    step_size : float, optional
+        Step of the fixed-step solvers; the last step ends exactly on ``t[-1]``.
+    adjoint : bool or BacksolveAdjoint, default=False
+        True: gradients by the adjoint method (memory independent of the number of
+        steps). False: backpropagation through the solver's operations.
+    max_num_steps : int, default=4096
+        Budget of steps (accepted and rejected); exceeding it raises ``SolverError``
+        with the time reached.
+    options : dict, optional
+        Step-size controller settings: ``first_step``, ``safety`` (0.9), ``factormin``
+        (0.2), ``factormax`` (10), ``pcoeff`` (0), ``icoeff`` (1). Unknown keys are errors.
+    backend : str, optional
+        ``"reference"``, ``"torch"``, ``"jax"`` or another registered engine. Default:
+        from the type of ``y0``, else the configuration (``odeplug.set_config``).
+    return_stats : bool, default=False
+        Also return an ``ODEStats`` (``nfe_forward``, ``nfe_backward``, ``n_steps``,
+        ``n_rejected``); ``nfe_backward`` is filled in after a backward pass.
+
+    Returns
+    -------
+    ys : array of shape ``(len(t),) + y0.shape``
+        In the engine's own array type.
+    stats : ODEStats
+        Only with ``return_stats=True``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad time grid, NaN/inf or non-floating ``y0``, field output of another shape or
+        dtype, unknown solver, option or backend.
+    BackendNotAvailableError
+        The engine is registered but not installed (the message names the pip extra).
+    SolverError
+        Step budget exceeded, step size underflow or non-finite state, with the time
+        reached and the solution so far.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import odeplug
+    >>> ys = odeplug.odeint(lambda t, y, k: -k * y, np.array([1.0]), np.array([0.0, 1.0]),
+    ...                     args=0.5, rtol=1e-10, atol=1e-12)
+    >>> bool(abs(ys[-1, 0] - np.exp(-0.5)) < 1e-9)
+    True
+    """
+    config = make_solve_config(
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        step_size=step_size,
+        adjoint=adjoint,
+        max_num_steps=max_num_steps,
+        options=options,
+    )
+    if backend is None:
+        backend = backend_for_array(y0) or resolve_backend_name(None)
+    ys, stats = get_backend(backend).odeint(func, y0, t, args, config)
+    return (ys, stats) if return_stats else ys

@@ -1,0 +1,60 @@
+"""Input checks shared by every backend, on NumPy copies of concrete values."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["check_time_grid", "check_initial_state", "check_field_output"]
+
+
+def check_time_grid(t: np.ndarray) -> int:
+    """Check a time grid; return its direction (+1 increasing, -1 decreasing).
+
+    Raises ``ValueError`` unless ``t`` is 1-D with at least two finite, strictly
+    monotonic values, and ``TypeError`` unless it is real.
+    """
+    t = np.asarray(t)
+    if t.dtype.kind not in "fiu":
+        raise TypeError(f"t must be a real array of times, got dtype {t.dtype}")
+    if t.ndim != 1:
+        raise ValueError(f"t must be 1-D, got shape {t.shape}")
+    if t.shape[0] < 2:
+        raise ValueError(f"t needs at least two times (start and end), got {t.shape[0]}")
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"t contains NaN or inf: {t}")
+    diff = np.diff(t.astype(np.float64))
+    if np.all(diff > 0):
+        return 1
+    if np.all(diff < 0):
+        return -1
+    bad = int(np.argmax(diff == 0)) if np.any(diff == 0) else None
+    if bad is not None:
+        raise ValueError(f"t must be strictly monotonic; t[{bad}] == t[{bad + 1}] == {t[bad]}")
+    raise ValueError("t must be strictly increasing or strictly decreasing")
+
+
+def check_initial_state(y0: np.ndarray) -> None:
+    """``y0`` must be a floating array with finite values."""
+    if y0.dtype.kind != "f":
+        raise TypeError(
+            f"y0 must be a floating-point array, got dtype {y0.dtype}; "
+            "convert it, e.g. y0.astype(float)"
+        )
+    if y0.size == 0:
+        raise ValueError("y0 is empty")
+    if not np.all(np.isfinite(y0)):
+        raise ValueError("y0 contains NaN or inf")
+
+
+def check_field_output(dy_shape, dy_dtype, y_shape, y_dtype) -> None:
+    """The vector field must return the state's shape and dtype (no silent casts)."""
+    if tuple(dy_shape) != tuple(y_shape):
+        raise ValueError(
+            f"the vector field returned shape {tuple(dy_shape)} for a state of shape "
+            f"{tuple(y_shape)}"
+        )
+    if dy_dtype != y_dtype:
+        raise TypeError(
+            f"mismatched dtypes: the vector field returned {dy_dtype} for a {y_dtype} state; "
+            "make the field keep the state's dtype (e.g. parameters of the same dtype)"
+        )

@@ -1,0 +1,234 @@
+"""The Backend contract and the registry of engines.
+
+A backend is an object with a ``name`` that provides
+
+1. ``odeint(func, y0, t, args, config)`` on its own arrays, returning the states at
+   every time of ``t`` and an :class:`~odeplug.ODEStats`;
+2. ``make_program(spec)``: for a model spec (a frozen dataclass of the core, see
+   ``odeplug._specs``), a program with ``init``, ``step`` and ``predict``.
+
+Backends are registered under the entry-point group ``odeplug.backends`` and loaded
+lazily: importing odeplug imports no engine. A backend's class must be importable
+without its engine (import torch or jax inside methods), so that
+:func:`available_backends` can describe it when the engine is missing.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import importlib.metadata
+import importlib.util
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ._config import resolve_backend_name
+from .exceptions import BackendNotAvailableError
+
+__all__ = [
+    "Backend",
+    "BackendInfo",
+    "available_backends",
+    "get_backend",
+    "register_backend",
+    "backend_for_array",
+]
+
+ENTRY_POINT_GROUP = "odeplug.backends"
+
+
+class Backend(abc.ABC):
+    """Base class of odeplug's engines (reference, torch, jax, or a third party's).
+
+    Class attributes
+    ----------------
+    name : str
+        Registry name, the value of ``backend=``.
+    requires : tuple of str
+        Distributions (pip names) the engine needs; a backend is available when all
+        are installed.
+    install : str
+        The command that installs them, shown in errors.
+    array_modules : tuple of str
+        Top-level modules whose array types this backend owns: ``odeint`` dispatches
+        an array of such a type here when no ``backend=`` is given.
+    """
+
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+    install: ClassVar[str] = ""
+    array_modules: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def odeint(self, func: Callable, y0: Any, t: Any, args: Any, config: Any) -> tuple[Any, Any]:
+        """Solve ``dy/dt = func(t, y, args)`` from ``y0`` at the times ``t``.
+
+        ``config`` is a validated :class:`odeplug.ODESolveConfig`. Returns ``(ys,
+        stats)`` with ``ys[i]`` the state at ``t[i]`` and ``stats`` an ``ODEStats``.
+        """
+
+    def make_program(self, spec: Any) -> Any:
+        """The program (``init``, ``step``, ``predict``) of a model spec."""
+        raise NotImplementedError(f"backend {self.name!r} has no program for {type(spec).__name__}")
+
+    @classmethod
+    def missing_requirements(cls) -> list[str]:
+        missing = []
+        for dist in cls.requires:
+            try:
+                importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(dist)
+        return missing
+
+    @classmethod
+    def versions(cls) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for dist in cls.requires:
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                out[dist] = None
+        return out
+
+    def __repr__(self) -> str:
+        return f"<odeplug backend {self.name!r}>"
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What :func:`available_backends` reports for one registered engine."""
+
+    name: str
+    available: bool
+    versions: dict[str, str | None]
+    install: str
+    target: str
+
+
+# name -> "module:attribute" or a Backend subclass; filled in code and from entry points.
+_targets: dict[str, str | type[Backend]] = {"reference": "odeplug.reference:ReferenceBackend"}
+_instances: dict[str, Backend] = {}
+_classes: dict[str, type[Backend]] = {}
+_lock = threading.RLock()
+_entry_points_loaded = False
+
+
+def register_backend(name: str, target: str | type[Backend]) -> None:
+    """Register an engine under ``name``: a ``"module:Class"`` path or a Backend class.
+
+    Third parties normally register through the entry-point group
+    ``odeplug.backends`` instead; this is for code that is not installed.
+    """
+    with _lock:
+        _targets[name] = target
+        _instances.pop(name, None)
+        _classes.pop(name, None)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    with _lock:
+        if _entry_points_loaded:
+            return
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            # Names registered in code win; duplicates (several installs) count once.
+            _targets.setdefault(ep.name, ep.value)
+        _entry_points_loaded = True
+
+
+def registered_backends() -> list[str]:
+    _load_entry_points()
+    return sorted(_targets)
+
+
+def _backend_class(name: str) -> type[Backend]:
+    _load_entry_points()
+    with _lock:
+        if name in _classes:
+            return _classes[name]
+        if name not in _targets:
+            raise ValueError(
+                f"unknown backend {name!r}; registered backends: {registered_backends()}"
+            )
+        target = _targets[name]
+        if isinstance(target, str):
+            module_name, _, attr = target.partition(":")
+            cls = getattr(importlib.import_module(module_name), attr)
+        else:
+            cls = target
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise TypeError(f"backend {name!r} ({target}) is not an odeplug.Backend subclass")
+        _classes[name] = cls
+        return cls
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """The engine called ``name`` (None: the configured one).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not registered; the message lists the registered ones.
+    BackendNotAvailableError
+        It is registered but its engine is not installed; the message says which pip
+        extra installs it.
+    """
+    if isinstance(name, Backend):
+        return name
+    name = resolve_backend_name(name)
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string, got {name!r}")
+    with _lock:
+        if name in _instances:
+            return _instances[name]
+        cls = _backend_class(name)
+        missing = cls.missing_requirements()
+        if missing:
+            raise BackendNotAvailableError(name, cls.install, f"missing {', '.join(missing)}")
+        _instances[name] = instance = cls()
+        return instance
+
+
+def available_backends() -> dict[str, BackendInfo]:
+    """Every registered engine, installed or not.
+
+    Returns
+    -------
+    dict of str to BackendInfo
+        For each name: whether it is installed, the versions of what it needs, and
+        the command that installs it.
+
+    Examples
+    --------
+    >>> import odeplug
+    >>> odeplug.available_backends()["reference"].available
+    True
+    """
+    out = {}
+    for name in registered_backends():
+        cls = _backend_class(name)
+        target = _targets[name]
+        out[name] = BackendInfo(
+            name=name,
+            available=not cls.missing_requirements(),
+            versions=cls.versions(),
+            install=cls.install,
+            target=target if isinstance(target, str) else f"{cls.__module__}:{cls.__name__}",
+        )
+    return out
+
+
+def backend_for_array(x: Any) -> str | None:
+    """The registered backend owning the array type of ``x``, if any (no engine import)."""
+    module = type(x).__module__.split(".")[0]
+    for name in registered_backends():
+        try:
+            cls = _backend_class(name)
+        except Exception:  # a broken third-party plugin must not break dispatch
+            continue
+        if module in cls.array_modules:
+            return name
+    return None

@@ -1,0 +1,59 @@
+"""Errors raised by odeplug, shared by every backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["BackendNotAvailableError", "SolverError", "TrainingDivergedError"]
+
+
+class BackendNotAvailableError(ImportError):
+    """A registered backend whose engine is not installed.
+
+    The message names the pip extra that installs it, for example
+    ``pip install "odeplug[jax]"``.
+    """
+
+    def __init__(self, name: str, install: str, reason: str = ""):
+        self.name = name
+        self.install = install
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"odeplug backend {name!r} is registered but its engine is not installed"
+            f"{detail}; install it with: {install}"
+        )
+
+
+class SolverError(RuntimeError):
+    """An ODE solve that could not reach the end of its time grid.
+
+    Attributes
+    ----------
+    reason : {"max_num_steps", "step_size_underflow", "non_finite"}
+        Why the solve stopped.
+    t : float
+        The time the solver had reached.
+    ts : ndarray or None
+        The requested output times reached before the failure.
+    ys : ndarray or None
+        The solution at ``ts`` (the solution so far).
+    """
+
+    def __init__(self, message: str, *, reason: str, t: float, ts: Any = None, ys: Any = None):
+        self.reason = reason
+        self.t = float(t)
+        self.ts = ts
+        self.ys = ys
+        super().__init__(message)
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training produced a non-finite loss.
+
+    The estimator keeps the best parameters seen before the divergence, so it can
+    still predict; ``epoch`` says when it happened.
+    """
+
+    def __init__(self, message: str, *, epoch: int | None = None):
+        self.epoch = epoch
+        super().__init__(message)

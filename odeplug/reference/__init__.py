@@ -1,0 +1,28 @@
+"""odeplug's reference engine: NumPy, autograd, odeplug's own solvers and adjoint."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ..backend import Backend
+
+__all__ = ["ReferenceBackend"]
+
+
+class ReferenceBackend(Backend):
+    """NumPy + autograd (HIPS); always installed."""
+
+    name: ClassVar[str] = "reference"
+    requires: ClassVar[tuple[str, ...]] = ("numpy", "autograd")
+    install: ClassVar[str] = "pip install odeplug"
+    array_modules: ClassVar[tuple[str, ...]] = ("numpy", "autograd")
+
+    def odeint(self, func, y0, t, args, config):
+        from .solve import odeint
+
+        return odeint(func, y0, t, args, config)
+
+    def make_program(self, spec: Any) -> Any:
+        from .models import make_program
+
+        return make_program(spec)

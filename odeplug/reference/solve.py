@@ -1,0 +1,484 @@
+"""odeplug's own ODE solver and adjoint, in NumPy with autograd (HIPS).
+
+One Runge-Kutta stepper runs every tableau of ``odeplug._tableaus``. Adaptive solves use
+an embedded error estimate, the RMS norm, a PI controller and Hairer's initial step;
+outputs at the requested times come from dense output, without forcing steps onto them.
+
+Gradients:
+
+* ``adjoint=False``: autograd traces the solver's own operations (discretise, then
+  optimise); memory grows with the number of steps.
+* ``adjoint=True``: ``odeint`` is an autograd primitive whose VJP is the adjoint method
+  (Chen et al. 2018, Algorithm 1): the augmented system ``[y, a, a_theta]`` is solved
+  backwards between consecutive output times; memory is independent of the number of
+  steps. Derivatives of the vector field come from autograd.
+
+Parameters reach the vector field through ``args`` (a dict, list or tuple of arrays,
+diffrax style: ``func(t, y, args)``), so that the adjoint can differentiate them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import autograd.numpy as anp
+import numpy as np
+from autograd import make_vjp
+from autograd.extend import defvjp, defvjp_argnums, primitive
+from autograd.tracer import getval, isbox
+
+from .._solver_options import ODESolveConfig, ODEStats
+from .._tableaus import TABLEAUS, ButcherTableau
+from .._validation import check_field_output, check_initial_state, check_time_grid
+from ..exceptions import SolverError
+
+__all__ = ["odeint", "flatten_args"]
+
+
+# --------------------------------------------------------------------------- args
+
+
+def flatten_args(args: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """Flatten a pytree of arrays (dicts, lists, tuples, None) into one 1-D vector.
+
+    Differentiable under autograd in both directions. Returns ``(flat, unflatten)``.
+    """
+    leaves: list[Any] = []
+    offsets: list[tuple[int, int, tuple[int, ...]]] = []
+    position = 0
+
+    def build(node: Any) -> Any:
+        nonlocal position
+        value = getval(node)  # containers may be autograd boxes (DictBox, SequenceBox)
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return ("dict", [(key, build(node[key])) for key in value])
+        if isinstance(value, (list, tuple)):
+            return (type(value), [build(node[i]) for i in range(len(value))])
+        shape = tuple(np.shape(value))
+        size = int(np.prod(shape, dtype=np.int64))
+        leaves.append(anp.ravel(node))
+        offsets.append((position, position + size, shape))
+        position += size
+        return ("leaf", len(offsets) - 1)
+
+    structure = build(args)
+    flat = anp.concatenate(leaves) if leaves else np.zeros(0)
+
+    def unflatten(vector: Any) -> Any:
+        def rebuild(node: Any) -> Any:
+            if node is None:
+                return None
+            kind, content = node
+            if kind == "dict":
+                return {key: rebuild(value) for key, value in content}
+            if kind == "leaf":
+                start, stop, shape = offsets[content]
+                return anp.reshape(vector[start:stop], shape)
+            return kind(rebuild(value) for value in content)
+
+        return rebuild(structure)
+
+    return flat, unflatten
+
+
+# ------------------------------------------------------------------- the stepper
+
+
+@dataclass(frozen=True)
+class _Method:
+    """A tableau as arrays of one dtype (so float32 states stay float32)."""
+
+    tableau: ButcherTableau
+    a: np.ndarray  # (S, S)
+    b: np.ndarray
+    b_error: np.ndarray | None
+    b_dense: np.ndarray | None  # (S, P): stage weights of x**1 .. x**P
+    c: tuple[float, ...]
+
+    @classmethod
+    def of(cls, name: str, dtype: np.dtype) -> _Method:
+        key = (name, np.dtype(dtype).str)
+        if key not in _METHOD_CACHE:
+            tab = TABLEAUS[name]
+            as_array = lambda v: None if v is None else np.asarray(v, dtype=dtype)  # noqa: E731
+            _METHOD_CACHE[key] = cls(
+                tab, tab.matrix(dtype), as_array(tab.b), as_array(tab.b_error),
+                as_array(tab.b_dense), tab.c,
+            )
+        return _METHOD_CACHE[key]
+
+
+_METHOD_CACHE: dict[tuple[str, str], _Method] = {}
+
+
+def _rk_step_numpy(fun, t, y, f0, h, method, stages, need_error):
+    """One explicit RK step on plain arrays, stages stacked in ``stages`` (S, n)."""
+    stages[0] = f0
+    a = method.a
+    for i in range(1, len(method.c)):
+        yi = y + h * (a[i, :i] @ stages[:i])
+        stages[i] = fun(t + method.c[i] * h, yi)
+    if method.tableau.fsal:
+        y1 = yi  # the last stage is evaluated at y1
+    else:
+        y1 = y + h * (method.b @ stages)
+    error = h * (method.b_error @ stages) if need_error else None
+    return y1, error, stages
+
+
+def _rk_step_traced(fun, t, y, f0, h, method, need_error):
+    """The same step with autograd boxes (lists instead of in-place stage writes)."""
+    tab = method.tableau
+    ks = [f0]
+    for i in range(1, tab.n_stages):
+        increment = None
+        for j, coefficient in enumerate(tab.a[i]):
+            if coefficient != 0.0:
+                term = coefficient * ks[j]
+                increment = term if increment is None else increment + term
+        yi = y + h * increment
+        ks.append(fun(t + tab.c[i] * h, yi))
+    if tab.fsal:
+        y1 = yi
+    else:
+        y1 = y + h * sum(coefficient * k for coefficient, k in zip(tab.b, ks) if coefficient != 0.0)
+    error = None
+    if need_error:
+        values = np.stack([getval(k) for k in ks])
+        error = getval(h) * (method.b_error @ values)
+    return y1, error, ks
+
+
+def _dense_weights(b_dense, x, ks, traced):
+    """``sum_i b_i(x) k_i`` of a polynomial continuous extension."""
+    if not traced:
+        powers = np.array([x ** (p + 1) for p in range(b_dense.shape[1])], dtype=b_dense.dtype)
+        return (b_dense @ powers) @ ks
+    powers = [x ** (p + 1) for p in range(b_dense.shape[1])]
+    total = None
+    for row, k in zip(b_dense, ks):
+        if np.any(row != 0.0):
+            term = sum(float(c) * xp for c, xp in zip(row, powers) if c != 0.0) * k
+            total = term if total is None else total + term
+    return total
+
+
+def _interpolate(kind, x, h, y0, y1, f0, f1, weighted_stages):
+    """Dense output at ``x`` in [0, 1] of a step of size ``h``; ``weighted_stages`` is
+    ``sum_i b_i(x) k_i`` for a polynomial extension."""
+    if kind == "linear":
+        return y0 + x * (y1 - y0)
+    if kind == "hermite":
+        x2, x3 = x * x, x * x * x
+        return ((2 * x3 - 3 * x2 + 1) * y0 + (x3 - 2 * x2 + x) * h * f0
+                + (3 * x2 - 2 * x3) * y1 + (x3 - x2) * h * f1)
+    return y0 + h * weighted_stages
+
+
+def _rms(x: np.ndarray) -> float:
+    return math.sqrt(float(np.dot(x, x)) / x.size) if x.size else 0.0
+
+
+def _initial_step(fun, t0, y0, f0, order, rtol, atol, norm_slice):
+    """Hairer, Norsett & Wanner, Solving ODEs I, Sec. II.4 (as torchdiffeq and diffrax)."""
+    y0v, f0v = getval(y0)[norm_slice], getval(f0)[norm_slice]
+    scale = atol + np.abs(y0v) * rtol
+    d0, d1 = _rms(y0v / scale), _rms(f0v / scale)
+    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    f1 = getval(fun(t0 + h0, getval(y0) + h0 * getval(f0)))[norm_slice]
+    d2 = _rms((f1 - f0v) / scale) / h0
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
+    return min(100 * h0, h1)
+
+
+def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: bool,
+               norm_size: int | None = None, rtol=None, atol=None, direction: int = 1):
+    """Solve on an increasing grid ``ts`` for a flat state ``y0``; return the list of
+    states at ``ts``. ``fun(t, y)`` works on flat states. With ``traced``, arrays may be
+    autograd boxes and every operation is recorded; step-size decisions use values.
+    ``direction`` only serves error messages (times reported in the caller's frame).
+    """
+    method = _Method.of(config.solver, getval(y0).dtype)
+    tab = method.tableau
+    rtol = config.rtol if rtol is None else rtol
+    atol = config.atol if atol is None else atol
+    norm_slice = slice(None) if norm_size is None else slice(0, norm_size)
+    ts_val = np.asarray(getval(ts), dtype=np.float64)
+    n_out = ts_val.shape[0]
+    t_start, t_end = float(ts_val[0]), float(ts_val[-1])
+    ts_box = ts if isbox(ts) else None
+    t_start_b = ts_box[0] if ts_box is not None else t_start
+    t_end_b = ts_box[-1] if ts_box is not None else t_end
+    eps = np.finfo(np.float64).eps
+    eps_t = 64 * eps * max(1.0, abs(t_start), abs(t_end))
+
+    outputs = [y0]
+    next_out = 1
+    t, y = t_start, y0
+    f0 = fun(t_start_b, y0)
+    stats.nfe_forward += 1
+    stages = None if traced else np.empty((tab.n_stages, getval(y0).size), getval(y0).dtype)
+
+    def fail(reason: str, message: str, t_reached: float):
+        ys = np.stack([np.asarray(getval(o)) for o in outputs])
+        raise SolverError(
+            f"{message} at t={direction * t_reached:.6g} (solving from "
+            f"{direction * t_start:.6g} to {direction * t_end:.6g})",
+            reason=reason, t=direction * t_reached,
+            ts=direction * ts_val[: len(outputs)], ys=ys,
+        )
+
+    if config.adaptive:
+        h = config.first_step or _initial_step(
+            fun, t_start_b, y0, f0, tab.order, rtol, atol, norm_slice)
+        if config.first_step is None:
+            stats.nfe_forward += 1
+        fixed_grid = None
+    else:
+        n_fixed = max(1, math.ceil((t_end - t_start) / config.step_size - 1e-9))
+        fixed_grid = t_start + config.step_size * np.arange(n_fixed + 1, dtype=np.float64)
+        fixed_grid[-1] = t_end
+        h = config.step_size
+
+    prev_inv_error = 1.0
+    attempts = accepted = 0
+    while t < t_end:
+        if attempts >= config.max_num_steps:
+            fail("max_num_steps", f"max_num_steps={config.max_num_steps} exceeded", t)
+        attempts += 1
+        if fixed_grid is not None:
+            t1 = float(fixed_grid[accepted + 1])
+        else:
+            t1 = t + h
+            if t1 >= t_end - eps_t:
+                t1 = t_end
+        last = t1 == t_end
+        h = t1 - t
+        if h < 4 * eps * max(1.0, abs(t)):
+            fail("step_size_underflow", f"step size underflow (h={h:.3g})", t)
+        # Times as seen by the vector field: boxed when the caller differentiates t.
+        if ts_box is not None:
+            t_b = t_start_b + (t - t_start)
+            h_b = (t_end_b - t_b) if last else h
+        else:
+            t_b, h_b = t, h
+        if traced:
+            y1, error, ks = _rk_step_traced(fun, t_b, y, f0, h_b, method, config.adaptive)
+        else:
+            y1, error, ks = _rk_step_numpy(fun, t_b, y, f0, h_b, method, stages,
+                                           config.adaptive)
+        stats.nfe_forward += tab.n_stages - 1
+        finite = bool(np.all(np.isfinite(getval(y1))))
+
+        if config.adaptive:
+            if finite:
+                yv, y1v = getval(y)[norm_slice], getval(y1)[norm_slice]
+                scale = atol + rtol * np.maximum(np.abs(yv), np.abs(y1v))
+                error_ratio = _rms(error[norm_slice] / scale)
+                if not math.isfinite(error_ratio):
+                    finite = False
+            accept = finite and error_ratio < 1.0
+            if not finite:
+                factor = config.factormin
+            elif error_ratio == 0.0:
+                factor = config.factormax
+            else:
+                inv_error = 1.0 / error_ratio
+                k = tab.order
+                factor = config.safety * inv_error ** ((config.icoeff + config.pcoeff) / k)
+                if config.pcoeff:
+                    factor *= prev_inv_error ** (-config.pcoeff / k)
+                if accept:
+                    factor = min(max(factor, 1.0), config.factormax)
+                    prev_inv_error = inv_error
+                else:
+                    factor = min(max(factor, config.factormin), config.safety)
+            if not accept:
+                stats.n_rejected += 1
+                h = h * factor
+                if h < 4 * eps * max(1.0, abs(t)):
+                    reason = "non_finite" if not finite else "step_size_underflow"
+                    what = "non-finite state" if not finite else "step size underflow"
+                    fail(reason, f"{what} (h={h:.3g})", t)
+                continue
+            next_h = h * factor
+        elif not finite:
+            fail("non_finite", "non-finite state", t1)
+
+        # Accepted: slope at t1 (FSAL: already computed), then dense output.
+        stats.n_steps += 1
+        accepted += 1
+        f1 = ks[-1] if tab.fsal else None
+        while next_out < n_out and ts_val[next_out] <= t1:
+            if ts_val[next_out] == t1:
+                outputs.append(y1)
+            else:
+                if f1 is None and tab.interpolation != "linear":
+                    f1 = fun(t_end_b if last else t_b + h_b, y1)
+                    stats.nfe_forward += 1
+                t_out = ts_box[next_out] if ts_box is not None else float(ts_val[next_out])
+                x = (t_out - t_b) / h_b
+                weights = None
+                if tab.interpolation == "polynomial":
+                    weights = _dense_weights(method.b_dense, x, ks, traced)
+                outputs.append(_interpolate(tab.interpolation, x, h_b, y, y1, f0, f1, weights))
+            next_out += 1
+        if last:
+            break
+        if f1 is None:
+            f1 = fun(t_b + h_b, y1)
+            stats.nfe_forward += 1
+        elif not traced:
+            f1 = f1.copy()  # the stage buffer is reused by the next step
+        t, y, f0 = t1, y1, f1
+        if config.adaptive:
+            h = next_h
+    return outputs
+
+
+# --------------------------------------------------------------- the public solve
+
+
+def _as_flat_field(func, shape, unflatten, dtype):
+    """A vector field on flat states, with times passed in the state's dtype."""
+
+    def fun(t, y_flat, theta):
+        t_arg = t if isbox(t) else dtype.type(t)
+        dy = func(t_arg, anp.reshape(y_flat, shape), unflatten(theta))
+        return anp.reshape(dy, (-1,))
+
+    return fun
+
+
+def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig):
+    """Solve ``dy/dt = func(t, y, args)`` with NumPy; see :func:`odeplug.odeint`.
+
+    Differentiable with ``autograd`` w.r.t. ``y0``, ``t`` and ``args`` (by the adjoint
+    method if ``config.adjoint`` is set, else through the solver's operations).
+    """
+    y0_val = np.asarray(getval(y0))
+    if not isbox(y0):
+        y0 = y0_val
+    check_initial_state(y0_val)
+    t_val = np.asarray(getval(t))
+    direction = check_time_grid(t_val)
+    if not isbox(t):
+        t = t_val.astype(np.float64)
+    shape, dtype = y0_val.shape, y0_val.dtype
+    theta, unflatten = flatten_args(args)
+    stats = ODEStats()
+
+    # Check the field once on values: output shape and dtype, no hidden boxes.
+    dy0 = func(dtype.type(t_val[0]), y0_val, unflatten(getval(theta)))
+    if isbox(dy0):
+        raise ValueError(
+            "the vector field closes over values that autograd is differentiating; "
+            "pass them through `args` so that odeint can differentiate them"
+        )
+    dy0 = np.asarray(dy0)
+    check_field_output(dy0.shape, dy0.dtype, shape, dtype)
+
+    field = _as_flat_field(func, shape, unflatten, dtype)
+    if direction < 0:
+        # Solve forwards in s = -t: dy/ds = -f(-s, y).
+        base_field = field
+        field = lambda s, y, th: -base_field(-s, y, th)  # noqa: E731
+        t = -t
+    problem = _Problem(field, config, stats, direction)
+    y0_flat = anp.reshape(y0, (-1,))
+    if config.adjoint is None:
+        outputs = _integrate(lambda s, y: _count_backward(field(s, y, theta), stats), y0_flat,
+                             t, config, stats, traced=True, direction=direction)
+        ys = anp.stack(outputs)
+    else:
+        ys = _odeint_with_adjoint(y0_flat, t, theta, problem)
+    return anp.reshape(ys, (t_val.shape[0],) + shape), stats
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """What the adjoint primitive needs besides its differentiable inputs."""
+
+    field: Callable  # field(t, y_flat, theta) -> dy_flat, on an increasing time axis
+    config: ODESolveConfig
+    stats: ODEStats
+    direction: int
+
+
+@primitive
+def _odeint_with_adjoint(y0, ts, theta, problem: _Problem):
+    outputs = _integrate(lambda s, y: problem.field(s, y, theta), y0, ts, problem.config,
+                         problem.stats, traced=False, direction=problem.direction)
+    return np.stack(outputs)
+
+
+def _adjoint_vjp_maker(argnums, ys, args, kwargs):
+    """VJP of the solve by the adjoint method (Chen et al. 2018, Algorithm 1)."""
+    _, ts, theta, problem = args
+    ts = np.asarray(ts, dtype=np.float64)
+    config, stats = problem.config, problem.stats
+    strategy = config.adjoint
+    n_state, n_theta = ys.shape[1], theta.shape[0]
+
+    def augmented(t, z):
+        # z = [y, a, a_theta] on the reversed time axis r = -t (solved forwards in r).
+        y, a = z[:n_state], z[n_state : 2 * n_state]
+        vjp, dy = make_vjp(lambda y_theta: problem.field(-t, y_theta[0], y_theta[1]))(
+            (y, theta))
+        a_y, a_theta = vjp(a)
+        return np.concatenate([-dy, a_y, a_theta])
+
+    def vjp(g):
+        g = np.asarray(g)
+        a = g[-1].copy()
+        a_theta = np.zeros(n_theta, dtype=np.result_type(theta.dtype, ys.dtype))
+        grad_ts = np.zeros_like(ts)
+        backward_stats = ODEStats()
+        want_ts = 1 in argnums
+        for i in range(len(ts) - 1, 0, -1):
+            if want_ts:
+                grad_ts[i] = np.dot(problem.field(ts[i], ys[i], theta), g[i])
+            z = np.concatenate([ys[i], a, a_theta])
+            z_end = _integrate(
+                augmented, z, np.array([-ts[i], -ts[i - 1]]), config, backward_stats,
+                traced=False, norm_size=2 * n_state if strategy.seminorm else None,
+                rtol=strategy.rtol, atol=strategy.atol, direction=-problem.direction,
+            )[-1]
+            a = z_end[n_state : 2 * n_state] + g[i - 1]
+            a_theta = z_end[2 * n_state :]
+        # dL/dt0: moving t0 with y0 fixed moves the whole trajectory.
+        if want_ts:
+            grad_ts[0] = -np.dot(problem.field(ts[0], ys[0], theta), a - g[0])
+        stats.nfe_backward += backward_stats.nfe_forward + (len(ts) if want_ts else 0)
+        grads = {0: a.astype(ys.dtype), 1: grad_ts, 2: a_theta.astype(theta.dtype)}
+        return tuple(grads[i] for i in argnums)
+
+    return vjp
+
+
+defvjp_argnums(_odeint_with_adjoint, _adjoint_vjp_maker)
+
+
+@primitive
+def _count_backward(dy, stats: ODEStats):
+    """Identity that counts, during backprop, the VJPs through the vector field."""
+    return dy
+
+
+def _count_backward_vjp(ans, dy, stats):
+    def vjp(g):
+        stats.nfe_backward += 1
+        return g
+
+    return vjp
+
+
+defvjp(_count_backward, _count_backward_vjp)

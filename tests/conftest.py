@@ -1,0 +1,98 @@
+"""Engines as test parameters: each test that takes ``engine`` runs on every installed
+backend (reference, torch, jax), skipped with the reason where one is missing."""
+
+from __future__ import annotations
+
+import os
+
+# Small problems: one thread each, and no XLA thread pool fighting pytest-xdist.
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import odeplug  # noqa: E402
+
+ENGINES = ("reference", "torch", "jax")
+
+
+class Engine:
+    """Converts test data to an engine's arrays and takes gradients there."""
+
+    def __init__(self, name: str):
+        self.name = name
+        info = odeplug.available_backends().get(name)
+        if info is None or not info.available:
+            pytest.skip(f"backend {name!r} not installed")
+        if name == "torch":
+            import torch
+
+            self.torch = torch
+        elif name == "jax":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
+            self.jax = jax
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def asarray(self, x, dtype=np.float64):
+        x = np.asarray(x, dtype=dtype)
+        if self.name == "torch":
+            return self.torch.as_tensor(x)
+        if self.name == "jax":
+            return self.jax.numpy.asarray(x)
+        return x
+
+    def tree(self, tree, dtype=np.float64):
+        return {key: self.asarray(value, dtype) for key, value in tree.items()}
+
+    def numpy(self, x):
+        if self.name == "torch":
+            return x.detach().cpu().numpy()
+        return np.asarray(x)
+
+    def grad(self, loss, *inputs):
+        """Gradients of ``loss(*inputs)`` (a scalar) w.r.t. every input, as NumPy.
+
+        Each input is a NumPy array or a dict of NumPy arrays."""
+        if self.name == "reference":
+            import autograd
+
+            grads = autograd.grad(lambda xs: loss(*xs))(tuple(inputs))
+            return [_to_numpy_tree(g, np.asarray) for g in grads]
+        if self.name == "torch":
+            torch = self.torch
+            leaves = [_map_tree(x, lambda v: torch.tensor(v, requires_grad=True)) for x in inputs]
+            loss(*leaves).backward()
+            return [_to_numpy_tree(x, lambda v: v.grad.numpy()) for x in leaves]
+        jnp = self.jax.numpy
+        leaves = [_map_tree(x, jnp.asarray) for x in inputs]
+        grads = self.jax.grad(lambda xs: loss(*xs))(tuple(leaves))
+        return [_to_numpy_tree(g, np.asarray) for g in grads]
+
+
+def _map_tree(x, fn):
+    if isinstance(x, dict):
+        return {k: fn(np.asarray(v, dtype=np.float64)) for k, v in x.items()}
+    return fn(np.asarray(x, dtype=np.float64))
+
+
+def _to_numpy_tree(x, fn):
+    if isinstance(x, dict):
+        return {k: fn(v) for k, v in x.items()}
+    return fn(x)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> Engine:
+    return Engine(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_config():
+    """Each test starts from the default configuration."""
+    with odeplug.config_context():
+        yield
