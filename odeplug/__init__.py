@@ -15,6 +15,7 @@ from ._solver_options import (
     make_solve_config,
 )
 from .backend import Backend, BackendInfo, available_backends, get_backend, register_backend
+from .estimators import ODEClassifier
 from .exceptions import BackendNotAvailableError, SolverError, TrainingDivergedError
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "BackendInfo",
     "BackendNotAvailableError",
     "BacksolveAdjoint",
+    "ODEClassifier",
     "ODESolveConfig",
     "ODEStats",
     "SolverError",

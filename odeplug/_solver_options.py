@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 __all__ = [
@@ -109,7 +109,6 @@ class ODESolveConfig:
     factormax: float = 10.0
     pcoeff: float = 0.0
     icoeff: float = 1.0
-    options: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def adaptive(self) -> bool:
@@ -204,6 +203,5 @@ def make_solve_config(
         step_size=step_size,
         adjoint=adjoint,
         max_num_steps=int(max_num_steps),
-        options=options,
         **controller,
     )

@@ -16,6 +16,7 @@ without its engine (import torch or jax inside methods), so that
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -54,12 +55,15 @@ class Backend(abc.ABC):
     array_modules : tuple of str
         Top-level modules whose array types this backend owns: ``odeint`` dispatches
         an array of such a type here when no ``backend=`` is given.
+    default_dtype : str
+        Floating dtype of the estimators' parameters on this engine.
     """
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     install: ClassVar[str] = ""
     array_modules: ClassVar[tuple[str, ...]] = ()
+    default_dtype: ClassVar[str] = "float32"
 
     @abc.abstractmethod
     def odeint(self, func: Callable, y0: Any, t: Any, args: Any, config: Any) -> tuple[Any, Any]:
@@ -72,6 +76,10 @@ class Backend(abc.ABC):
     def make_program(self, spec: Any) -> Any:
         """The program (``init``, ``step``, ``predict``) of a model spec."""
         raise NotImplementedError(f"backend {self.name!r} has no program for {type(spec).__name__}")
+
+    def limit_threads(self, n: int) -> contextlib.AbstractContextManager:
+        """Limit the engine's own thread pools to ``n`` (BLAS is handled by the core)."""
+        return contextlib.nullcontext()
 
     @classmethod
     def missing_requirements(cls) -> list[str]:

@@ -39,7 +39,7 @@ class Engine:
         return self.name
 
     def asarray(self, x, dtype=np.float64):
-        x = np.asarray(x, dtype=dtype)
+        x = np.array(x, dtype=dtype)  # a copy: torch refuses negative strides (t[::-1])
         if self.name == "torch":
             return self.torch.as_tensor(x)
         if self.name == "jax":

@@ -1,0 +1,415 @@
+"""``odeint`` on PyTorch, over torchdiffeq.
+
+The shared solver vocabulary (:class:`odeplug.ODESolveConfig`) is translated into
+torchdiffeq's methods and options; odeplug adds what torchdiffeq lacks:
+
+* the vector field ``func(t, y, args)`` (diffrax style), with ``args`` a pytree of tensors
+  that gradients reach, by backpropagation or by the adjoint method;
+* classical RK4 (torchdiffeq's ``"rk4"`` is the 3/8 rule) and a fixed-step grid identical
+  to the reference engine's, so that fixed-step results agree across engines;
+* ends exactly on ``t[-1]`` (torchdiffeq would step past it and interpolate);
+* a step budget, and :class:`~odeplug.SolverError` with the time reached instead of
+  torchdiffeq's assertions;
+* live counters (:class:`~odeplug.ODEStats`), the backward pass included.
+
+Decreasing time grids are solved forwards in ``s = -t`` here rather than by torchdiffeq,
+so that torchdiffeq only ever sees increasing times: the options that hold times
+(``step_t``) then mean the same thing in the forward and in the adjoint's backward solve.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torchdiffeq
+from torch import nn
+from torchdiffeq._impl.bosh3 import Bosh3Solver
+from torchdiffeq._impl.misc import Perturb
+from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
+from torchdiffeq._impl.rk_common import rk4_step_func
+from torchdiffeq._impl.solvers import FixedGridODESolver
+
+from odeplug._solver_options import (
+    ADAPTIVE_SOLVERS,
+    FIXED_STEP_SOLVERS,
+    ODESolveConfig,
+    ODEStats,
+)
+from odeplug._validation import check_field_output, check_initial_state, check_time_grid
+from odeplug.exceptions import SolverError
+
+__all__ = ["odeint", "SOLVERS"]
+
+
+class _ClassicalRK4(FixedGridODESolver):
+    """The classical RK4 tableau (torchdiffeq's own ``"rk4"`` is Kutta's 3/8 rule)."""
+
+    order = 4
+
+    def _step_func(self, func, t0, dt, t1, y0):
+        f0 = func(t0, y0, perturb=Perturb.NEXT if self.perturb else Perturb.NONE)
+        return rk4_step_func(func, t0, dt, t1, y0, f0=f0, perturb=self.perturb), f0
+
+
+class _HermiteBosh3(Bosh3Solver):
+    """bosh3 with the reference engine's dense output, the cubic Hermite through y0, y1
+    with slopes f0, f1. torchdiffeq's quartic goes through ``y0 + h/2 k2``, an estimate
+    of ``y(t0 + h/2)`` with an O(h^2) error, which spoils the outputs between steps."""
+
+    def _interp_fit(self, y0, y1, k, dt):
+        dt = dt.type_as(y0)
+        f0, f1 = k[..., 0], k[..., -1]
+        # Coefficients of x**0 .. x**3 (x in [0, 1]), as torchdiffeq's _interp_evaluate takes.
+        return [y0, dt * f0, 3 * (y1 - y0) - dt * (2 * f0 + f1), 2 * (y0 - y1) + dt * (f0 + f1)]
+
+
+# torchdiffeq looks methods up by name, in the forward and in the adjoint's backward solve,
+# so our variants join its registry under names of ours (no existing name changes).
+_TORCHDIFFEQ_SOLVERS.setdefault("odeplug_rk4", _ClassicalRK4)
+_TORCHDIFFEQ_SOLVERS.setdefault("odeplug_bosh3", _HermiteBosh3)
+
+# odeplug's name -> torchdiffeq's method. No tsit5 in torchdiffeq.
+SOLVERS: dict[str, str] = {
+    "euler": "euler",
+    "midpoint": "midpoint",
+    "heun": "heun2",  # the explicit trapezoidal rule
+    "rk4": "odeplug_rk4",
+    "bosh3": "odeplug_bosh3",
+    "dopri5": "dopri5",
+    "dopri8": "dopri8",
+}
+
+
+def odeint(
+    func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig
+) -> tuple[torch.Tensor, ODEStats]:
+    """Solve ``dy/dt = func(t, y, args)`` with torchdiffeq; see :func:`odeplug.odeint`.
+
+    Parameters
+    ----------
+    func : callable or torch.nn.Module
+        Vector field ``func(t, y, args)``; a module's parameters get gradients too.
+    y0 : tensor or array_like
+        Initial state, of any shape.
+    t : tensor or array_like
+        1-D strictly monotonic output times; gradients w.r.t. ``t`` flow if it requires
+        grad.
+    args : pytree of tensors or None
+        Passed to ``func``; tensors that require grad get gradients.
+    config : ODESolveConfig
+        Validated solver settings.
+
+    Returns
+    -------
+    ys : torch.Tensor of shape ``(len(t),) + y0.shape``
+        Of ``y0``'s dtype and device.
+    stats : ODEStats
+        Filled in as the solve runs; ``nfe_backward`` grows during a backward pass.
+    """
+    if config.solver not in SOLVERS:
+        raise ValueError(
+            f"the torch engine (torchdiffeq) has no solver {config.solver!r}; "
+            f"it has {list(SOLVERS)}"
+        )
+    if config.solver in ADAPTIVE_SOLVERS and not config.adaptive:
+        # Only a hand-built ODESolveConfig gets here (make_solve_config refuses it).
+        raise ValueError(
+            f"the torch engine runs {config.solver!r} with adaptive steps only; for a fixed "
+            f"step_size use one of {list(FIXED_STEP_SOLVERS)}"
+        )
+    if config.adaptive and (config.pcoeff != 0.0 or config.icoeff != 1.0):
+        raise ValueError(
+            "the torch engine's step-size controller (torchdiffeq's) is integral only: "
+            f"it needs pcoeff=0 and icoeff=1, got pcoeff={config.pcoeff}, "
+            f"icoeff={config.icoeff}"
+        )
+
+    y0 = y0 if isinstance(y0, torch.Tensor) else _from_numpy(y0)
+    check_initial_state(y0.detach().cpu().numpy())
+    if not isinstance(t, torch.Tensor):
+        t = _from_numpy(t)
+    direction = check_time_grid(t.detach().cpu().numpy())
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    t = t.to(y0.device)
+    args = _tree_map(lambda leaf: _as_tensor_on(leaf, y0.device), args)
+    _check_field(func, y0, t, args, adjoint=config.adjoint is not None)
+
+    stats = ODEStats()
+    s = t if direction > 0 else -t  # torchdiffeq always solves forwards in time
+    field = _Field(func, args, direction, stats, config, s.detach().cpu().numpy())
+    method = SOLVERS[config.solver]
+    if config.adjoint is None:
+        options = _solver_options(config, s, backward=False)
+        ys = torchdiffeq.odeint(field, y0, s, rtol=config.rtol, atol=config.atol,
+                                method=method, options=options)
+    else:
+        strategy = config.adjoint
+        options = _solver_options(config, s.detach(), backward=False)
+        adjoint_options = _solver_options(config, s.detach(), backward=True)
+        if strategy.seminorm:
+            adjoint_options["norm"] = "seminorm"
+        ys = torchdiffeq.odeint_adjoint(
+            field, y0, s, rtol=config.rtol, atol=config.atol, method=method, options=options,
+            adjoint_rtol=config.rtol if strategy.rtol is None else strategy.rtol,
+            adjoint_atol=config.atol if strategy.atol is None else strategy.atol,
+            adjoint_method=method, adjoint_options=adjoint_options,
+            adjoint_params=_adjoint_params(func, args),
+        )
+    field.forward_done = True
+    if not config.adaptive:
+        # Fixed steps are not checked one by one (that would synchronise a GPU each step).
+        _check_finite_outputs(ys, field)
+    return ys, stats
+
+
+# ------------------------------------------------------------------------ the field
+
+
+class _CountVJP(torch.autograd.Function):
+    """Identity that counts, during backpropagation, the VJPs through the field."""
+
+    @staticmethod
+    def forward(ctx, dy: torch.Tensor, stats: ODEStats) -> torch.Tensor:
+        ctx.stats = stats
+        return dy.view_as(dy)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        ctx.stats.nfe_backward += 1
+        return grad, None
+
+
+class _Field(nn.Module):
+    """``func(t, y, args)`` as torchdiffeq's ``f(s, y)``, with counters and checks.
+
+    ``s = direction * t``. torchdiffeq calls the ``callback_*`` methods once per step;
+    they count steps, enforce the step budget and turn torchdiffeq's assertions (step
+    size underflow, non-finite state) into :class:`SolverError` before they fire.
+    """
+
+    def __init__(self, func: Callable, args: Any, direction: int, stats: ODEStats,
+                 config: ODESolveConfig, s_grid: np.ndarray):
+        super().__init__()
+        self.func = func  # a module's parameters become this module's
+        self.args = args
+        self.direction = direction
+        self.stats = stats
+        self.config = config
+        self.s_grid = s_grid
+        self.s_list = s_grid.tolist()
+        # Evaluations after the forward solve belong to the adjoint's backward solve.
+        self.forward_done = False
+        self.attempts = 0
+        self.backward_interval = -1
+        self.backward_attempts = 0
+        if config.adaptive:
+            # Only adaptive solvers accept these (fixed-step ones warn about them).
+            self.callback_accept_step = self._accept_step
+            self.callback_reject_step = self._reject_step
+
+    def forward(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.direction > 0:
+            dy = self.func(s, y, self.args)
+        else:
+            dy = -self.func(-s, y, self.args)
+        if self.forward_done:
+            self.stats.nfe_backward += 1  # one evaluation of the augmented dynamics
+            return dy
+        self.stats.nfe_forward += 1
+        if self.config.adjoint is None and dy.requires_grad:
+            dy = _CountVJP.apply(dy, self.stats)
+        return dy
+
+    # torchdiffeq's callbacks: (t0, y0, dt) of the step about to be taken / just decided.
+    def callback_step(self, s0: torch.Tensor, y0: Any, ds: torch.Tensor) -> None:
+        self.attempts += 1
+        if not self.config.adaptive:
+            self.stats.n_steps += 1
+        self._check_step(s0, ds, self.attempts, backward=False)
+
+    def _accept_step(self, s0: torch.Tensor, y0: Any, ds: torch.Tensor) -> None:
+        self.stats.n_steps += 1
+
+    def _reject_step(self, s0: torch.Tensor, y0: Any, ds: torch.Tensor) -> None:
+        self.stats.n_rejected += 1
+
+    def callback_step_adjoint(self, s0: torch.Tensor, y0: Any, ds: torch.Tensor) -> None:
+        # The backward solve runs interval by interval (t[i] to t[i-1]); like the
+        # reference engine's, each interval has its own budget.
+        interval = bisect.bisect_left(self.s_list, _float(s0))
+        if interval != self.backward_interval:
+            self.backward_interval, self.backward_attempts = interval, 0
+        self.backward_attempts += 1
+        self._check_step(s0, ds, self.backward_attempts, backward=True)
+
+    def _check_step(self, s0: torch.Tensor, ds: torch.Tensor, attempts: int, backward: bool):
+        if attempts > self.config.max_num_steps:
+            self._fail("max_num_steps", f"max_num_steps={self.config.max_num_steps} exceeded",
+                       s0, backward)
+        if not self.config.adaptive:
+            return
+        # torchdiffeq replaces a non-finite step size (from a NaN error estimate) by
+        # its min_step, 0: the state or the field went non-finite.
+        if not ds > 0:
+            self._fail("non_finite", "non-finite state", s0, backward)
+        if not s0 + ds > s0:
+            self._fail("step_size_underflow", f"step size underflow (h={_float(ds):.3g})",
+                       s0, backward)
+
+    def _fail(self, reason: str, message: str, s_reached: Any, backward: bool = False,
+              ys: torch.Tensor | None = None):
+        s_reached = _float(s_reached)
+        t_reached = self.direction * s_reached
+        t0, t1 = self.direction * self.s_grid[0], self.direction * self.s_grid[-1]
+        span = f"solving from {t0:.6g} to {t1:.6g}"
+        if backward:
+            span = f"in the adjoint's backward solve from {t1:.6g} to {t0:.6g}"
+        if ys is not None:
+            ts = self.direction * self.s_grid[: len(ys)]
+        elif not backward:
+            # Mid-solve, torchdiffeq keeps the states at the output times passed to itself.
+            ts = self.direction * self.s_grid[self.s_grid <= s_reached]
+        else:
+            ts = None
+        raise SolverError(f"{message} at t={t_reached:.6g} ({span})", reason=reason,
+                          t=t_reached, ts=ts, ys=ys)
+
+
+def _check_finite_outputs(ys: torch.Tensor, field: _Field) -> None:
+    finite = torch.isfinite(ys.detach()).reshape(len(ys), -1).all(dim=1)
+    if not bool(finite.all()):
+        first = int(torch.argmin(finite.to(torch.int8)))
+        field._fail("non_finite", "non-finite state", field.s_grid[first], ys=ys[:first].detach())
+
+
+# -------------------------------------------------------------------------- options
+
+
+def _solver_options(config: ODESolveConfig, s: torch.Tensor, backward: bool) -> dict:
+    """torchdiffeq's options for the forward solve or for the adjoint's backward solve.
+
+    ``s`` is the increasing time grid (detached for the adjoint).
+    """
+    if config.solver in FIXED_STEP_SOLVERS:
+        return {
+            "grid_constructor": _fixed_grid(config.step_size),
+            # The reference engine's dense output: linear for Euler, else cubic Hermite.
+            "interp": "linear" if config.solver == "euler" else "cubic",
+        }
+    options: dict[str, Any] = {
+        "safety": config.safety,
+        "ifactor": config.factormax,
+        "dfactor": config.factormin,
+        # Land exactly on t[-1] rather than step past it and interpolate back. The
+        # backward solve runs one output interval at a time, so it must land on every
+        # output time; so must dopri8, whose dense output in torchdiffeq is only a
+        # quartic, far less accurate than its steps.
+        "step_t": s if backward or config.solver == "dopri8" else s[-1:],
+    }
+    if config.first_step is not None:
+        options["first_step"] = config.first_step
+    return options
+
+
+def _fixed_grid(step_size: float) -> Callable:
+    """The reference engine's grid: ``t0 + k h``, last step shortened to end on ``t1``."""
+
+    def grid(func: Any, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        start, end = t[0], t[-1]
+        span = _float(end) - _float(start)
+        # torchdiffeq calls this with a decreasing ``t`` in the adjoint's backward solve.
+        n = max(1, math.ceil(abs(span) / step_size - 1e-9))
+        k = torch.arange(1, n, dtype=t.dtype, device=t.device)
+        inner = start + math.copysign(step_size, span) * k
+        return torch.cat([start.reshape(1), inner, end.reshape(1)])
+
+    return grid
+
+
+# ------------------------------------------------------------------ args and checks
+
+
+def _tree_map(fn: Callable, tree: Any) -> Any:
+    if tree is None:
+        return None
+    if isinstance(tree, dict):
+        return {key: _tree_map(fn, value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_tree_map(fn, value) for value in tree)
+    return fn(tree)
+
+
+def _tree_leaves(tree: Any) -> list:
+    leaves: list = []
+    _tree_map(leaves.append, tree)
+    return leaves
+
+
+def _float(x: Any) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _from_numpy(x: Any) -> torch.Tensor:
+    # Through NumPy, so that a list of floats stays float64; torch refuses negative
+    # strides (``t[::-1]``), hence C order.
+    return torch.as_tensor(np.require(x, requirements="C"))
+
+
+def _as_tensor_on(leaf: Any, device: torch.device) -> Any:
+    if isinstance(leaf, np.ndarray):
+        return _from_numpy(leaf).to(device)
+    return leaf
+
+
+def _adjoint_params(func: Callable, args: Any) -> tuple[torch.Tensor, ...]:
+    """What the adjoint differentiates: the module's parameters and the tensors of
+    ``args`` that require grad, each once (a duplicate would get its gradient twice)."""
+    candidates = list(func.parameters()) if isinstance(func, nn.Module) else []
+    candidates += [leaf for leaf in _tree_leaves(args) if isinstance(leaf, torch.Tensor)]
+    unique = {id(p): p for p in candidates if p.requires_grad}
+    return tuple(unique.values())
+
+
+def _check_field(func: Callable, y0: torch.Tensor, t: torch.Tensor, args: Any,
+                 adjoint: bool) -> None:
+    """Check, once, that the field keeps the state's shape and dtype.
+
+    torch does not promote a float32 state by a 0-d float64 tensor, so floating tensors
+    of ``args`` must have the state's dtype too (the other engines would upcast). For the
+    adjoint, the field must not close over tensors that require grad: the adjoint only
+    differentiates ``args`` and the module's parameters, so their gradients would be lost.
+    """
+    for leaf in _tree_leaves(args):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() \
+                and leaf.dtype != y0.dtype:
+            raise TypeError(
+                f"mismatched dtypes: args holds a {leaf.dtype} tensor for a {y0.dtype} "
+                "state; give the parameters the state's dtype"
+            )
+    # On detached inputs: an output that still requires grad depends on hidden tensors.
+    inputs = (t[0].detach().to(y0.dtype), y0.detach(), _tree_map(_detach, args))
+    with torch.set_grad_enabled(adjoint):
+        if isinstance(func, nn.Module):
+            params = {name: p.detach() for name, p in func.named_parameters()}
+            dy = torch.func.functional_call(func, params, inputs)
+        else:
+            dy = func(*inputs)
+    if not isinstance(dy, torch.Tensor):
+        raise TypeError(f"the vector field must return a torch.Tensor, got {type(dy).__name__}")
+    check_field_output(dy.shape, dy.dtype, y0.shape, y0.dtype)
+    if dy.requires_grad:
+        raise ValueError(
+            "the vector field closes over tensors that require grad, which the adjoint "
+            "cannot differentiate; pass them through `args` (or make func an nn.Module "
+            "that owns them as parameters)"
+        )
+
+
+def _detach(leaf: Any) -> Any:
+    return leaf.detach() if isinstance(leaf, torch.Tensor) else leaf

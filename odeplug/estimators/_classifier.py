@@ -1,0 +1,330 @@
+"""ODEClassifier: the ODE-Net of Chen et al. (2018) as a scikit-learn classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets, unique_labels
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .._solver_options import DEFAULT_MAX_NUM_STEPS
+from .._specs import ODENetSpec
+from .._training import TrainingHistory
+from ._base import ODEEstimatorBase
+
+__all__ = ["ODEClassifier"]
+
+
+class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
+    """ODE-Net classifier: a residual network of continuous depth (Chen et al. 2018).
+
+    Each input is embedded, ``z0 = act(x @ W + b)`` (padded with ``augment_dim`` zeros,
+    Dupont et al. 2019), carried from time 0 to ``t1`` by ``dz/dt = f(t, z)`` with ``f``
+    an MLP of ``[z, t]``, and classified by a linear softmax head on ``z(t1)``. Trained
+    with Adam on the cross-entropy plus an L2 penalty, on the engine chosen by
+    ``backend``; gradients by the adjoint method by default.
+
+    Parameters
+    ----------
+    backend : str, default=None
+        ``"reference"`` (NumPy + autograd), ``"torch"`` (torchdiffeq) or ``"jax"``
+        (diffrax). None: ``odeplug.set_config``/``config_context``, then the environment
+        variable ``ODEPLUG_BACKEND``, then ``"reference"``. Read again at predict time:
+        a model fitted on one engine predicts on any other.
+    hidden_layer_sizes : tuple of int, default=(64, 64)
+        ``hidden_layer_sizes[0]`` is the width of the ODE state (the embedding); the
+        rest are the hidden layers of the vector field (none: a linear field).
+    activation : {"relu", "tanh", "softplus", "logistic", "identity"}, default="relu"
+        Activation of the embedding and of the field's hidden layers.
+    augment_dim : int, default=0
+        Zeros appended to the state (augmented neural ODE).
+    t1 : float, default=1.0
+        Integration time: the "depth" of the network.
+    solver : str, default="dopri5"
+        One of ``odeplug.SOLVERS``. Read again at predict time, as ``rtol``, ``atol``,
+        ``step_size`` and ``max_num_steps``: ``set_params(rtol=1e-1)`` after fitting
+        trades accuracy for speed without refitting.
+    rtol, atol : float, default=1e-3, 1e-4
+        Tolerances of adaptive solvers.
+    step_size : float, default=None
+        Step of fixed-step solvers (required by them).
+    adjoint : bool or BacksolveAdjoint, default=True
+        Gradients by the adjoint method (memory constant in the number of steps), or by
+        backpropagation through the solver (False).
+    max_num_steps : int, default=4096
+        Step budget of each solve.
+    alpha : float, default=1.0
+        L2 penalty ``0.5 * alpha * sum(W**2) / batch_size`` on the weights.
+    batch_size : int or "auto", default="auto"
+        Minibatch size; "auto" is ``min(200, n_samples)``.
+    learning_rate_init : float, default=1e-3
+        Adam's step size.
+    max_iter : int, default=50
+        Maximum number of epochs.
+    tol : float, default=1e-4
+        Improvement of the loss (or validation score) that counts as progress.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (stratified) and stop when
+        its accuracy stops improving; keep the best parameters.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=10
+        Epochs without progress before stopping.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial parameters, the minibatch order and the validation split, on
+        every engine (no global seed is touched).
+    verbose : int, default=0
+        Progress bar with loss and NFE per epoch.
+    warm_start : bool, default=False
+        Continue from the fitted parameters on the next ``fit``.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only when X has string feature names.
+    backend_ : str
+        The engine that fitted the model.
+    params_ : dict of str to ndarray
+        Canonical parameters (the same names and shapes on every engine).
+    loss_curve_ : list of float
+        Training loss of each epoch.
+    best_loss_ : float or None
+        Lowest training loss (None with early stopping).
+    validation_scores_ : list of float or None
+        Validation accuracy of each epoch (early stopping only).
+    best_validation_score_ : float or None
+    n_iter_ : int
+        Epochs run.
+    t_ : int
+        Training samples seen.
+    nfe_ : dict
+        ``{"forward": ..., "backward": ...}``: mean function evaluations per minibatch in
+        the last epoch (backward is None where the engine does not report it).
+
+    See Also
+    --------
+    sklearn.neural_network.MLPClassifier : The discrete-depth counterpart.
+
+    Notes
+    -----
+    ``predict`` solves each input with its own adaptive steps, so a prediction does not
+    depend on the other rows of ``X``, and its cost adapts to the input;
+    :meth:`inference_stats` reports that cost per input without changing the estimator.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_moons
+    >>> from odeplug import ODEClassifier
+    >>> X, y = make_moons(100, noise=0.1, random_state=0)
+    >>> clf = ODEClassifier(hidden_layer_sizes=(8, 16), max_iter=100,
+    ...                     learning_rate_init=0.01, random_state=0).fit(X, y)
+    >>> clf.score(X, y) > 0.9
+    True
+    >>> clf.set_params(rtol=1e-1).predict(X[:3]).shape  # cheaper, no refit
+    (3,)
+    """
+
+    def __init__(
+        self,
+        backend=None,
+        hidden_layer_sizes=(64, 64),
+        activation="relu",
+        augment_dim=0,
+        t1=1.0,
+        solver="dopri5",
+        rtol=1e-3,
+        atol=1e-4,
+        step_size=None,
+        adjoint=True,
+        max_num_steps=DEFAULT_MAX_NUM_STEPS,
+        alpha=1.0,
+        batch_size="auto",
+        learning_rate_init=1e-3,
+        max_iter=50,
+        tol=1e-4,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.backend = backend
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.augment_dim = augment_dim
+        self.t1 = t1
+        self.solver = solver
+        self.rtol = rtol
+        self.atol = atol
+        self.step_size = step_size
+        self.adjoint = adjoint
+        self.max_num_steps = max_num_steps
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    # ------------------------------------------------------------------ spec
+
+    def _spec(self, n_features: int, n_classes: int, dtype: str) -> ODENetSpec:
+        sizes = self._hidden_sizes()
+        return ODENetSpec(
+            n_features=n_features, n_outputs=n_classes, embed_dim=sizes[0],
+            field_hidden=sizes[1:], augment_dim=int(self.augment_dim),
+            activation=self.activation, t1=float(self.t1), solve=self._solve_config(),
+            optimizer=self._optimizer_spec(), dtype=dtype)
+
+    def _fitted_spec(self) -> ODENetSpec:
+        """The fitted architecture with the current solver settings."""
+        check_is_fitted(self, "params_")
+        spec = self._spec(self.n_features_in_, len(self.classes_), self._dtype)
+        expected = spec.param_shapes()
+        actual = {k: tuple(v.shape) for k, v in self.params_.items()}
+        if expected != actual:
+            raise ValueError(
+                "the architecture parameters (hidden_layer_sizes, augment_dim) changed "
+                "since fit; refit the estimator")
+        return spec
+
+    # ------------------------------------------------------------------- fit
+
+    def fit(self, X, y):
+        """Fit the ODE-Net to data X and labels y.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            Labels of any type (ints, strings, objects).
+
+        Returns
+        -------
+        self : ODEClassifier
+        """
+        return self._fit_transaction(self._fit, X, y, incremental=False, classes=None)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y), continuing from the current parameters.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        classes : array-like of shape (n_classes,), default=None
+            All the classes; required on the first call.
+
+        Returns
+        -------
+        self : ODEClassifier
+        """
+        return self._fit_transaction(self._fit, X, y, incremental=True, classes=classes)
+
+    def _fit(self, X, y, *, incremental: bool, classes):
+        self._check_common_params()
+        _check_augment = int(self.augment_dim)
+        if _check_augment < 0 or _check_augment != self.augment_dim:
+            raise ValueError(f"augment_dim must be a non-negative int, got {self.augment_dim!r}")
+        first_call = not (incremental or self.warm_start) or not hasattr(self, "classes_")
+        X, y = validate_data(self, X, y, reset=first_call, dtype=(np.float64, np.float32),
+                             ensure_min_samples=1)
+        check_classification_targets(y)
+        if incremental and first_call:
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit")
+            labels = unique_labels(classes)
+        elif first_call:
+            labels = unique_labels(y)
+        else:
+            labels = self.classes_
+            if classes is not None and not np.array_equal(unique_labels(classes), labels):
+                raise ValueError(f"classes {unique_labels(classes)} differ from the fitted "
+                                 f"classes {labels}")
+        unseen = np.setdiff1d(unique_labels(y), labels)
+        if unseen.size:
+            raise ValueError(f"y contains labels not in classes: {unseen.tolist()}")
+        if len(labels) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes; only one class "
+                f"is present: {labels[0]!r}")
+        y_index = np.searchsorted(labels, y).astype(np.int64)
+
+        engine = self._engine()
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        if first_call:
+            self._dtype = engine.default_dtype
+            self._train_state = None
+        spec = self._spec(X.shape[1], len(labels), self._dtype)
+        if first_call:
+            params = spec.init_params(seed)
+            history = TrainingHistory()
+        else:
+            params = {k: np.asarray(v, dtype=self._dtype) for k, v in self.params_.items()}
+            history = self._history
+            if self.backend_ != engine.name:
+                self._train_state = None
+        self.classes_ = labels
+        X = X.astype(self._dtype, copy=False)
+
+        validation_score = None
+        if self.early_stopping and not incremental:
+            X, X_val, y_index, y_val = train_test_split(
+                X, y_index, test_size=self.validation_fraction, random_state=rng,
+                stratify=y_index)
+            val_program = engine.make_program(spec)
+
+            def validation_score(current):
+                log_proba, _ = val_program.predict(current, X_val, spec.solve)
+                return float(np.mean(np.argmax(log_proba, axis=1) == y_val))
+
+        self._train(engine, spec, params, (X, y_index), seed=seed, rng=rng,
+                    max_iter=1 if incremental else int(self.max_iter), history=history,
+                    validation_score=validation_score, incremental=incremental)
+        return self
+
+    # --------------------------------------------------------------- predict
+
+    def _log_proba_and_stats(self, X):
+        spec = self._fitted_spec()
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        return self._predict_with(spec, X.astype(self._dtype, copy=False))
+
+    def predict_log_proba(self, X):
+        """Log of the class probabilities, columns in the order of ``classes_``."""
+        return self._log_proba_and_stats(X)[0].astype(np.float64)
+
+    def predict_proba(self, X):
+        """Class probabilities, columns in the order of ``classes_``."""
+        return np.exp(self.predict_log_proba(X))
+
+    def predict(self, X):
+        """Predicted labels, entries of ``classes_``."""
+        return self.classes_[np.argmax(self.predict_log_proba(X), axis=1)]
+
+    def inference_stats(self, X) -> dict[str, np.ndarray]:
+        """Solver cost of predicting each row of X with the current settings.
+
+        Leaves the estimator unchanged (``predict`` records nothing).
+
+        Returns
+        -------
+        stats : dict of str to ndarray of shape (n_samples,)
+            ``nfe_forward`` (function evaluations), ``n_steps`` and ``n_rejected``.
+        """
+        return {k: np.asarray(v) for k, v in self._log_proba_and_stats(X)[1].items()}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = True
+        return tags

@@ -1,0 +1,49 @@
+"""Layers of odeplug's model families in autograd's NumPy, with canonical names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import autograd.numpy as anp
+from autograd.scipy.special import logsumexp
+
+__all__ = ["ACTIVATIONS", "activations", "dense", "mlp_field", "log_softmax"]
+
+def activations(xp) -> dict[str, Callable]:
+    """Activations written with ``xp``: autograd's NumPy to train, NumPy to predict."""
+    return {
+        "tanh": xp.tanh,
+        "relu": lambda x: xp.maximum(x, 0.0),
+        "softplus": lambda x: xp.logaddexp(0.0, x),
+        "logistic": lambda x: 0.5 * (xp.tanh(0.5 * x) + 1.0),
+        "identity": lambda x: x,
+    }
+
+
+ACTIVATIONS = activations(anp)
+
+
+def dense(params: dict, name: str, x):
+    """``x @ W + b`` with the canonical ``{name}.weight`` and ``{name}.bias``."""
+    return x @ params[f"{name}.weight"] + params[f"{name}.bias"]
+
+
+def mlp_field(prefix: str, n_layers: int, activation: str, xp=anp) -> Callable:
+    """Vector field ``f(t, z, params)``: an MLP of ``[z, t]``, linear last layer.
+
+    ``xp=numpy`` gives the same function without autograd's wrappers (inference)."""
+    act = activations(xp)[activation]
+
+    def field(t, z, params):
+        h = xp.concatenate([z, xp.full((z.shape[0], 1), t, dtype=z.dtype)], axis=1)
+        for i in range(n_layers):
+            h = dense(params, f"{prefix}.{i}", h)
+            if i < n_layers - 1:
+                h = act(h)
+        return h
+
+    return field
+
+
+def log_softmax(logits):
+    return logits - logsumexp(logits, axis=1, keepdims=True)
