@@ -60,10 +60,11 @@ def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int, activati
 class ODENetSpec:
     """The ODE-Net of Chen et al. (2018), a continuous-depth residual network.
 
-    ``x -> z0 = act(x @ W_embed + b_embed)``, padded with ``augment_dim`` zeros (Dupont
-    et al. 2019); ``z(t1)`` solves ``dz/dt = field(t, z)`` from 0 to ``t1``; logits
-    ``z(t1) @ W_head + b_head``. The field is an MLP of ``[z, t]``: hidden layers of
-    widths ``field_hidden`` with ``act``, then a linear layer back to the state.
+    ``x -> z0 = activation(x @ W_embed + b_embed)``, padded with ``augment_dim`` zeros
+    (Dupont et al. 2019); ``z(t1)`` solves ``dz/dt = field(t, z)`` from 0 to ``t1``;
+    logits ``z(t1) @ W_head + b_head``. The field is an MLP of ``[z, t]``: hidden layers
+    of widths ``field_hidden`` with ``field_activation``, then a linear layer back to the
+    state.
 
     Parameter names (weights are ``(fan_in, fan_out)``, applied as ``x @ W + b``):
     ``embed.weight``, ``embed.bias``, ``field.{i}.weight``, ``field.{i}.bias`` for each
@@ -76,6 +77,7 @@ class ODENetSpec:
     field_hidden: tuple[int, ...]
     augment_dim: int
     activation: str
+    field_activation: str
     t1: float
     solve: ODESolveConfig
     optimizer: OptimizerSpec

@@ -242,26 +242,21 @@ def _is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def _check_inputs(func: Callable, y0: jax.Array, t: jax.Array, args: Any) -> int | None:
-    """The shared checks; on tracers, those that shapes and dtypes allow. Returns the
-    direction of ``t`` (+1 or -1) when its values are known."""
-    if _is_traced(y0):
-        check_initial_state(np.broadcast_to(np.zeros((), y0.dtype), y0.shape))
-    else:
-        check_initial_state(np.asarray(y0))
-    if _is_traced(t):
-        # A stand-in of the same shape and dtype; diffrax checks monotonicity at run time.
-        check_time_grid(np.arange(t.size).astype(t.dtype).reshape(t.shape))
-        direction = None
-    else:
-        direction = check_time_grid(np.asarray(t))
-    # Shapes only (works on tracers): with the times in the state's dtype, as diffrax
-    # will call the field.
-    out = eqx.filter_eval_shape(func, t[0].astype(y0.dtype), y0, args)
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise TypeError(f"the vector field must return an array, got {out!r}")
-    check_field_output(out.shape, out.dtype, y0.shape, y0.dtype)
-    return direction
+class _CheckedField(eqx.Module):
+    """The caller's vector field, checking the shape and dtype of what it returns.
+
+    diffeqsolve traces the field when it compiles (once per function and input types)
+    and reuses the compilation afterwards, so the check costs nothing per call, where an
+    ``eval_shape`` before each call would trace the field every time.
+    """
+
+    func: Callable
+
+    def __call__(self, t, y, args):
+        dy = self.func(t, y, args)
+        check_field_output(jnp.shape(dy), jnp.result_type(dy), jnp.shape(y),
+                           jnp.result_type(y))
+        return dy
 
 
 @jax.custom_jvp
@@ -276,6 +271,16 @@ def _moving_times_jvp(primals, tangents):
     y, t, f = primals
     dy, dt, _ = tangents
     return y, dy + f * dt.reshape(dt.shape + (1,) * (y.ndim - dt.ndim))
+
+
+@jax.jit
+def _summary(result, ys, num_steps, num_accepted, num_rejected):
+    # One compiled call and one transfer, rather than a few eager operations.
+    # Fixed steps are never rejected, so a non-finite state is returned as such; an
+    # adaptive step may also be accepted when its state overflows (its error is scaled
+    # by that state).
+    ok = diffrax.is_okay(result) & jnp.all(jnp.isfinite(ys[-1]))
+    return ok, num_steps, num_accepted, num_rejected
 
 
 def odeint(func: Callable, y0: Any, t: Any, args: Any,
@@ -308,6 +313,9 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any,
 
     Raises
     ------
+    ValueError, TypeError
+        Bad time grid or initial state (on tracers: what shapes and dtypes show; diffrax
+        checks the rest at run time), field output of another shape or dtype.
     SolverError
         On concrete inputs only (see the module docstring).
 
@@ -322,13 +330,21 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any,
     fixed is moving ``y0`` by ``-f(t_0, y0) dt_0``.
     """
     y0 = jnp.asarray(y0)
-    t = jnp.asarray(t)
-    direction = _check_inputs(func, y0, t, args)
-    t = t.astype(y0.dtype)
-    arguments = diffeqsolve_arguments(config)
-
-    if direction is None:  # traced times
+    if _is_traced(y0):
+        check_initial_state(np.broadcast_to(np.zeros((), y0.dtype), y0.shape))
+    else:
+        check_initial_state(np.asarray(y0))
+    if _is_traced(t):
+        # A stand-in of the same shape and dtype; diffrax checks monotonicity at run time.
+        check_time_grid(np.arange(t.size).astype(t.dtype).reshape(t.shape))
+        t = t.astype(y0.dtype)
         direction = jnp.where(t[-1] > t[0], 1, -1)
+    else:
+        # Kept in NumPy: indexing costs nothing, diffeqsolve moves it to the device.
+        t = np.asarray(t)
+        direction = check_time_grid(t)
+        t = t.astype(y0.dtype)
+    arguments = diffeqsolve_arguments(config)
     if not config.adaptive:
         dt0 = direction * config.step_size
     elif config.first_step is not None:
@@ -341,65 +357,63 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any,
     if moving:
         t_solve = jax.lax.stop_gradient(t)
         y_start = _moving_times(y0, t[0], -func(t[0], y0, args))
-    term = diffrax.ODETerm(func)
     sol = diffrax.diffeqsolve(
-        term, t0=t_solve[0], t1=t_solve[-1], dt0=dt0, y0=y_start, args=args,
-        saveat=diffrax.SaveAt(ts=t_solve), throw=False, **arguments,
+        diffrax.ODETerm(_CheckedField(func)), t0=t_solve[0], t1=t_solve[-1], dt0=dt0,
+        y0=y_start, args=args, saveat=diffrax.SaveAt(ts=t_solve), throw=False,
+        **arguments,
     )
     ys = sol.ys
     if moving:
         f_out = jax.vmap(lambda s, y: func(s, y, args))(t[1:], ys[1:])
         ys = jnp.concatenate([y0[None], _moving_times(ys[1:], t[1:], f_out)])
 
-    stats = _stats(sol, config)
-    # Fixed steps are never rejected, so a non-finite state is returned as such; an
-    # adaptive step may also be accepted when its state overflows (its error is scaled
-    # by that state).
-    ok = diffrax.is_okay(sol.result) & jnp.all(jnp.isfinite(ys[-1]))
-    if _is_traced(ok):
+    summary = _summary(sol.result, ys, sol.stats["num_steps"],
+                       sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"])
+    if any(map(_is_traced, jax.tree.leaves((summary, y0, t, args)))):
+        # Under a transformation (also an un-jitted grad, whose values are known), or
+        # with a field closing over traced values: diffrax's runtime error, as with
+        # throw=True.
         ys = sol.result.error_if(ys, jnp.invert(diffrax.is_okay(sol.result)))
-        return ys, stats
-    if not bool(ok):
-        _raise_solver_error(term, t, y0, args, dt0, arguments, config)
-    return ys, ODEStats(**{k: v if v is None else int(v) for k, v in stats.as_dict().items()})
+        return ys, _stats(config, *summary[1:])
+    ok, *counts = (int(x) for x in jax.device_get(summary))
+    if not ok:
+        _raise_solver_error(func, y0, t, args, dt0, arguments, config)
+    return ys, _stats(config, *counts)
 
 
-def _stats(sol: diffrax.Solution, config: ODESolveConfig) -> ODEStats:
+def _stats(config: ODESolveConfig, num_steps, num_accepted, num_rejected) -> ODEStats:
     at_start, per_step = _evaluations(_SOLVERS[config.solver])
     if config.adaptive and config.first_step is None:
         at_start += 2  # Hairer's initial step
-    accepted = sol.stats["num_accepted_steps"]
-    rejected = sol.stats["num_rejected_steps"]
-    return ODEStats(
-        nfe_forward=at_start + per_step * sol.stats["num_steps"],
-        nfe_backward=None,
-        n_steps=accepted,
-        n_rejected=rejected,
-    )
+    return ODEStats(nfe_forward=at_start + per_step * num_steps, nfe_backward=None,
+                    n_steps=num_accepted, n_rejected=num_rejected)
 
 
-def _raise_solver_error(term, t, y0, args, dt0, arguments, config) -> NoReturn:
-    """Solve again to find where and why the solve stopped, then raise ``SolverError``.
+def _not_finite(t, y, args, **kwargs) -> jax.Array:
+    return jnp.any(~jnp.isfinite(y))
 
-    The same steps are taken, but the solve also stops at a step-size underflow (instead
-    of spinning until ``max_num_steps``) and at a non-finite accepted state, and saves
-    the state it reached.
+
+def _raise_solver_error(func, y0, t, args, dt0, arguments, config) -> NoReturn:
+    """Solve again to find where and why the solve stopped; raise ``SolverError``.
+
+    The same steps are taken, but this solve also stops at a step-size underflow (rather
+    than spinning until ``max_num_steps``) and at a non-finite state, and saves the
+    state reached. Runs on concrete values only.
     """
     controller = arguments["stepsize_controller"]
     if isinstance(controller, diffrax.PIDController):
-        eps = float(jnp.finfo(t.dtype).eps)
-        tiny = 4 * eps * max(1.0, float(jnp.abs(t[0])), float(jnp.abs(t[-1])))
+        tiny = 4 * np.finfo(t.dtype).eps * max(1.0, abs(float(t[0])), abs(float(t[-1])))
         controller = dataclasses.replace(controller, dtmin=tiny, force_dtmin=False)
     sol = diffrax.diffeqsolve(
-        term, arguments["solver"], t0=t[0], t1=t[-1], dt0=dt0, y0=y0, args=args,
-        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=t), diffrax.SubSaveAt(t1=True)]),
-        stepsize_controller=controller, max_steps=config.max_num_steps, throw=False,
-        event=diffrax.Event(lambda t, y, args, **kwargs: jnp.any(~jnp.isfinite(y))),
+        diffrax.ODETerm(func), arguments["solver"], t0=t[0], t1=t[-1], dt0=dt0, y0=y0,
+        args=args, saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=t),
+                                               diffrax.SubSaveAt(t1=True)]),
+        stepsize_controller=controller, event=diffrax.Event(_not_finite),
+        max_steps=config.max_num_steps, throw=False,
     )
-    results = diffrax.RESULTS
-    if bool(sol.result == results.dt_min_reached):
+    if bool(sol.result == diffrax.RESULTS.dt_min_reached):
         reason, what = "step_size_underflow", "step size underflow"
-    elif bool(sol.result == results.max_steps_reached):
+    elif bool(sol.result == diffrax.RESULTS.max_steps_reached):
         reason, what = "max_num_steps", f"max_num_steps={config.max_num_steps} exceeded"
     else:
         reason, what = "non_finite", "non-finite state"

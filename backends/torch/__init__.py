@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from odeplug.backend import Backend
@@ -26,3 +28,22 @@ class TorchBackend(Backend):
         from .models import make_program
 
         return make_program(spec)
+
+    def limit_threads(self, n: int) -> contextlib.AbstractContextManager:
+        """``torch.set_num_threads(n)`` inside the block; the previous count after it."""
+        return _torch_threads(n)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch  # here: importing the backend must not import torch
+
+    previous = torch.get_num_threads()
+    if previous == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

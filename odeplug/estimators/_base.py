@@ -44,8 +44,10 @@ class ODEEstimatorBase(BaseEstimator):
                 isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
                 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive ints, got {sizes!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        for name in ("activation", "field_activation"):
+            if getattr(self, name) not in ACTIVATIONS:
+                raise ValueError(f"{name} must be one of {ACTIVATIONS}, got "
+                                 f"{getattr(self, name)!r}")
         _check_number("t1", self.t1, low=0, inclusive_low=False)
         _check_number("alpha", self.alpha, low=0)
         _check_number("learning_rate_init", self.learning_rate_init, low=0,

@@ -37,7 +37,11 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         ``hidden_layer_sizes[0]`` is the width of the ODE state (the embedding); the
         rest are the hidden layers of the vector field (none: a linear field).
     activation : {"relu", "tanh", "softplus", "logistic", "identity"}, default="relu"
-        Activation of the embedding and of the field's hidden layers.
+        Activation of the embedding.
+    field_activation : {"tanh", "softplus", "logistic", "relu", "identity"}, default="tanh"
+        Activation of the vector field's hidden layers. A smooth one keeps adaptive
+        solvers efficient: with "relu" the field has kinks, the error estimates become
+        erratic and tightening the tolerance costs far more steps.
     augment_dim : int, default=0
         Zeros appended to the state (augmented neural ODE).
     t1 : float, default=1.0
@@ -132,6 +136,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         backend=None,
         hidden_layer_sizes=(64, 64),
         activation="relu",
+        field_activation="tanh",
         augment_dim=0,
         t1=1.0,
         solver="dopri5",
@@ -155,6 +160,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         self.backend = backend
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
+        self.field_activation = field_activation
         self.augment_dim = augment_dim
         self.t1 = t1
         self.solver = solver
@@ -182,7 +188,8 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         return ODENetSpec(
             n_features=n_features, n_outputs=n_classes, embed_dim=sizes[0],
             field_hidden=sizes[1:], augment_dim=int(self.augment_dim),
-            activation=self.activation, t1=float(self.t1), solve=self._solve_config(),
+            activation=self.activation, field_activation=self.field_activation,
+            t1=float(self.t1), solve=self._solve_config(),
             optimizer=self._optimizer_spec(), dtype=dtype)
 
     def _fitted_spec(self) -> ODENetSpec:
@@ -310,7 +317,8 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
 
     def predict(self, X):
         """Predicted labels, entries of ``classes_``."""
-        return self.classes_[np.argmax(self.predict_log_proba(X), axis=1)]
+        log_proba = self.predict_log_proba(X)
+        return self.classes_[np.argmax(log_proba, axis=1)]
 
     def inference_stats(self, X) -> dict[str, np.ndarray]:
         """Solver cost of predicting each row of X with the current settings.

@@ -52,8 +52,9 @@ class ODENetProgram:
 
     def __init__(self, spec: ODENetSpec):
         self.spec = spec
-        self.field = mlp_field("field", spec.n_field_layers, spec.activation)
-        self.inference_field = mlp_field("field", spec.n_field_layers, spec.activation, xp=np)
+        self.field = mlp_field("field", spec.n_field_layers, spec.field_activation)
+        self.inference_field = mlp_field("field", spec.n_field_layers, spec.field_activation,
+                                         xp=np)
         self.optimizer = Adam(spec.optimizer)
         self.dtype = np.dtype(spec.dtype)
         self.times = np.array([0.0, spec.t1])

@@ -1,0 +1,151 @@
+"""Programs of the model families on the torch engine (torchdiffeq + ``torch.optim.Adam``).
+
+The same computation as the reference engine's programs (``odeplug.reference.models``):
+same parameters, same loss, same optimiser update, so that both give the same result up
+to rounding. The ODE solves go through :mod:`odeplug_backends.torch.solve`, which holds
+the solver vocabulary, the step budget, :class:`~odeplug.SolverError` and the counters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from odeplug._solver_options import ODESolveConfig
+from odeplug._specs import ODENetSpec
+
+from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
+from .solve import odeint, odeint_rows
+
+__all__ = ["make_program", "ODENetProgram"]
+
+
+def make_program(spec: Any):
+    if isinstance(spec, ODENetSpec):
+        return ODENetProgram(spec)
+    raise NotImplementedError(f"the torch engine has no program for {type(spec).__name__}")
+
+
+def _tensor(array: Any, dtype: np.dtype) -> torch.Tensor:
+    """A torch copy of a NumPy array (the caller's array is never shared)."""
+    return torch.from_numpy(np.array(array, dtype=dtype, order="C", copy=True))
+
+
+def _view(array: Any, dtype: np.dtype) -> torch.Tensor:
+    """A tensor on the memory of ``array`` where it has ``dtype`` already (read only here)."""
+    array = np.asarray(array, dtype=dtype)
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        array = np.array(array, order="C")
+    return torch.from_numpy(array)
+
+
+class ODENetProgram:
+    """ODE-Net classifier: cross-entropy + L2, Adam; see ``odeplug._specs.ODENetSpec``.
+
+    The training state is ``{"params": dict of leaf tensors, "field": the field's
+    entries of it, "opt": torch.optim.Adam}``; ``step`` updates it in place (one
+    optimiser step costs no copy of the parameters) and returns it.
+    """
+
+    def __init__(self, spec: ODENetSpec):
+        self.spec = spec
+        self.np_dtype = np.dtype(spec.dtype)
+        self.dtype = getattr(torch, self.np_dtype.name)
+        self.names = tuple(spec.param_shapes())
+        self.field_names = tuple(k for k in self.names if k.startswith("field."))
+        self.weight_names = spec.weight_names()
+        self.activation = ACTIVATIONS[spec.activation]
+        self.field = mlp_field("field", spec.n_field_layers, spec.field_activation)
+        # Times in float64, as the reference engine's: torchdiffeq keeps time-like
+        # quantities in float64 whatever the state's dtype.
+        self.times = torch.tensor([0.0, spec.t1], dtype=torch.float64)
+        self.penalty_scale = 0.5 * spec.optimizer.alpha
+        # The first training solve checks the inputs and the field; later ones, on the
+        # same field with tensors of the same shapes and dtype, skip it (it costs a field
+        # evaluation per step).
+        self._checked = False
+
+    # ------------------------------------------------------------------ the model
+
+    def _initial_state(self, params: dict, X: torch.Tensor) -> torch.Tensor:
+        z0 = self.activation(dense(params, "embed", X))
+        if self.spec.augment_dim:
+            zeros = z0.new_zeros((X.shape[0], self.spec.augment_dim))
+            z0 = torch.cat([z0, zeros], dim=1)
+        return z0
+
+    # --------------------------------------------------------------- training
+
+    def _check_params(self, params: dict[str, Any]) -> None:
+        expected = self.spec.param_shapes()
+        actual = {k: tuple(np.shape(v)) for k, v in params.items()}
+        if actual != expected:
+            raise ValueError(f"parameters of shapes {actual} for an ODE-Net that has "
+                             f"{expected}")
+
+    def init(self, params: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+        self._check_params(params)
+        tensors = {k: _tensor(params[k], self.np_dtype).requires_grad_(True)
+                   for k in self.names}
+        opt_spec = self.spec.optimizer
+        # The L2 penalty is in the loss (as the reference engine's), not Adam's
+        # weight_decay: it is divided by the batch size and spares the biases.
+        opt = torch.optim.Adam(list(tensors.values()), lr=opt_spec.learning_rate,
+                               betas=(opt_spec.beta1, opt_spec.beta2), eps=opt_spec.epsilon)
+        field = {k: tensors[k] for k in self.field_names}
+        return {"params": tensors, "field": field, "opt": opt}
+
+    def loss(self, params: dict, field_params: dict, X: torch.Tensor, y: torch.Tensor,
+             solve: ODESolveConfig, check: bool = True):
+        """Mean cross-entropy + ``0.5 alpha sum(W**2) / batch_size``, and the ODEStats."""
+        zs, stats = odeint(self.field, self._initial_state(params, X), self.times,
+                           field_params, solve, check=check)
+        logits = dense(params, "head", zs[-1])
+        data_loss = F.cross_entropy(logits, y)
+        penalty = sum(torch.sum(params[k] ** 2) for k in self.weight_names)
+        return data_loss + (self.penalty_scale / y.shape[0]) * penalty, stats
+
+    def step(self, state: dict[str, Any], batch: tuple[np.ndarray, np.ndarray]):
+        X, y = batch
+        X = _view(X, self.np_dtype)
+        y = _view(y, np.int64)
+        opt = state["opt"]
+        opt.zero_grad(set_to_none=True)
+        loss, stats = self.loss(state["params"], state["field"], X, y, self.spec.solve,
+                                check=not self._checked)
+        self._checked = True
+        loss.backward()
+        opt.step()
+        metrics = {"loss": loss.item(), "nfe_forward": stats.nfe_forward,
+                   "nfe_backward": stats.nfe_backward}
+        return state, metrics
+
+    def get_params(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in state["params"].items()}
+
+    # -------------------------------------------------------------- inference
+
+    def predict(self, params: dict[str, np.ndarray], X: np.ndarray, solve: ODESolveConfig):
+        """Log-probabilities; each input is solved alone, with its own adaptive steps.
+
+        Every row goes through the same computation as if it were the only one (the
+        embedding, the solve and the head on a ``(1, n_features)`` batch), so a row's
+        result does not depend on the others, down to the last bit.
+        """
+        self._check_params(params)
+        solve = dataclasses.replace(solve, adjoint=None)  # no gradients here
+        with torch.inference_mode():
+            tensors = {k: _view(params[k], self.np_dtype) for k in self.names}
+            field_params = {k: tensors[k] for k in self.field_names}
+            X = _view(X, self.np_dtype)
+            z0 = torch.cat([self._initial_state(tensors, X[i : i + 1])
+                            for i in range(X.shape[0])])
+            zs, stats = odeint_rows(self.field, z0, self.times, field_params, solve)
+            z1 = zs[-1]
+            out = torch.cat([log_softmax(dense(tensors, "head", z1[i : i + 1]))
+                             for i in range(X.shape[0])])
+        return out.numpy(), stats

@@ -1,0 +1,69 @@
+"""Layers of odeplug's model families in PyTorch, with the canonical parameter names.
+
+The same functions as ``odeplug.reference.nn``: parameters are a ``dict`` of tensors keyed
+by the canonical names of ``odeplug._specs`` (``{name}.weight`` of shape ``(fan_in,
+fan_out)``, applied as ``x @ W + b``), so that the dict of a program is the dict of the
+reference engine, tensor for array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["ACTIVATIONS", "dense", "mlp_field", "log_softmax"]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# The reference writes softplus as logaddexp(0, x) and the logistic as 0.5 (tanh(x/2) + 1):
+# the same functions; torch's kernels differ from those only by rounding (softplus is
+# linear above 20, where log1p(exp(-x)) is below float32's resolution of x).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "softplus": F.softplus,
+    "logistic": torch.sigmoid,
+    "identity": _identity,
+}
+
+
+def dense(params: dict, name: str, x: torch.Tensor) -> torch.Tensor:
+    """``x @ W + b`` with the canonical ``{name}.weight`` and ``{name}.bias``."""
+    weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
+    if x.dim() == 2:
+        return torch.addmm(bias, x, weight)  # one kernel for the product and the bias
+    return x @ weight + bias
+
+
+def mlp_field(prefix: str, n_layers: int, activation: str) -> Callable:
+    """Vector field ``f(t, z, params)``: an MLP of ``[z, t]``, linear last layer.
+
+    For :func:`odeplug_backends.torch.solve.odeint`, with ``params`` (its ``args``) the
+    dict of the field's tensors, so that the adjoint method reaches them. ``z`` is
+    ``(batch, state_dim)``; ``t`` a 0-d tensor, appended to every row as a last column
+    of the input (only of the first layer).
+    """
+    act = ACTIVATIONS[activation]
+    names = [(f"{prefix}.{i}.weight", f"{prefix}.{i}.bias") for i in range(n_layers)]
+    last = n_layers - 1
+
+    def field(t: torch.Tensor, z: torch.Tensor, params: dict) -> torch.Tensor:
+        # ``expand`` keeps ``t`` on the device: no host synchronisation per evaluation.
+        column = t.to(z.dtype).expand(z.shape[0], 1)
+        h = torch.cat([z, column], dim=1)
+        for i, (weight, bias) in enumerate(names):
+            h = torch.addmm(params[bias], h, params[weight])
+            if i < last:
+                h = act(h)
+        return h
+
+    return field
+
+
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, dim=1)

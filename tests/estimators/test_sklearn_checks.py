@@ -1,0 +1,26 @@
+"""scikit-learn's estimator checks, on every installed engine."""
+
+from __future__ import annotations
+
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from odeplug import ODEClassifier
+from tests.estimators.test_classifier import installed_engines
+
+# A small, quickly trained model: the checks fit dozens of times on tiny data sets and
+# require > 83% training accuracy on three blobs (check_classifiers_train).
+CHECKED = [
+    ODEClassifier(backend=name, hidden_layer_sizes=(8, 8), max_iter=40, learning_rate_init=0.05,
+                  alpha=1e-4, rtol=1e-2, atol=1e-3)
+    for name in installed_engines()
+]
+
+# Checks expected to fail, with the reason; none at present.
+EXPECTED_FAILED_CHECKS: dict[str, str] = {}
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@parametrize_with_checks(CHECKED, expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
