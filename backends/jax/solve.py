@@ -7,9 +7,13 @@ caller's ``jax.jit``, ``jax.grad`` and ``jax.vmap``, and adds no compilation of 
 
 Where diffrax and odeplug's reference engine differ, this engine follows the reference:
 
-* rk4 (which diffrax lacks) is built from ``odeplug._tableaus.RK4`` plus a last stage
-  ``f(t1, y1)`` (first same as last): its dense output is the reference's cubic Hermite,
-  and the extra stage is the next step's first, so it costs no evaluation.
+* midpoint, heun and rk4 (which diffrax lacks) are built from ``odeplug._tableaus``
+  plus a last stage ``f(t1, y1)`` (first same as last): their dense output is the
+  reference's cubic Hermite, and the extra stage is the next step's first, so it costs
+  one evaluation per solve, not per step.
+* Fixed steps follow the reference's grid (steps of ``step_size`` from ``t[0]``, the
+  last one shortened), which diffrax 0.7's ``ConstantStepSize`` does not
+  (:class:`_FixedGrid`).
 * The PI controller uses the solver's order as exponent (diffrax's default is the
   order plus one) and starts from Hairer's initial step, which diffrax 0.7 skips (it
   starts every solve at ``dt0 = 0.01``; see :class:`_PIDController`).
@@ -138,20 +142,26 @@ class _FixedGrid(diffrax.AbstractStepSizeController):
         # A last step shorter than 1e-9 steps is merged into the one before, as in the
         # reference engine.
         n_steps = jnp.maximum(jnp.ceil((t1 - t0) / dt0 - 1e-9), 1).astype(jnp.int32)
-        state = (jnp.asarray(1, jnp.int32), n_steps, t0, t1, dt0)
-        return self._time(state), state
+        return self._next(t0, dt0, n_steps, t1, jnp.asarray(1, jnp.int32))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order,
                         controller_state):
-        done, n_steps, start, end, dt = controller_state
-        state = (done + 1, n_steps, start, end, dt)
-        return True, t1, self._time(state), False, state, diffrax.RESULTS.successful
+        start, dt, n_steps, end, done, scheduled = controller_state
+        # BacksolveAdjoint solves interval after interval, passing each the state of the
+        # last: a step that is not the one scheduled starts a new grid at its start
+        # (whose end diffeqsolve clips).
+        new = t1 != scheduled
+        start = jnp.where(new, t0, start)
+        n_steps = jnp.where(new, jnp.iinfo(jnp.int32).max, n_steps)
+        done = jnp.where(new, 1, done)
+        t_next, state = self._next(start, dt, n_steps, end, done + 1)
+        return True, t1, t_next, False, state, diffrax.RESULTS.successful
 
     @staticmethod
-    def _time(state):
-        done, n_steps, start, end, dt = state
-        return jnp.where(done >= n_steps, end, start + dt * done.astype(dt.dtype))
-
+    def _next(start, dt, n_steps, end, done):
+        """The end of step number ``done`` (from 1), and the state that expects it."""
+        t_next = jnp.where(done >= n_steps, end, start + dt * done.astype(dt.dtype))
+        return t_next, (start, dt, n_steps, end, done, t_next)
 
 
 class _PIDController(diffrax.PIDController):
@@ -280,7 +290,7 @@ def _summary(result, ys, num_steps, num_accepted, num_rejected):
     # adaptive step may also be accepted when its state overflows (its error is scaled
     # by that state).
     ok = diffrax.is_okay(result) & jnp.all(jnp.isfinite(ys[-1]))
-    return ok, num_steps, num_accepted, num_rejected
+    return jnp.stack([ok.astype(num_steps.dtype), num_steps, num_accepted, num_rejected])
 
 
 def odeint(func: Callable, y0: Any, t: Any, args: Any,
@@ -329,7 +339,8 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any,
     exactly: ``dy_i/dt_i = f(t_i, y_i)`` for ``i >= 1``, and moving ``t_0`` with ``y0``
     fixed is moving ``y0`` by ``-f(t_0, y0) dt_0``.
     """
-    y0 = jnp.asarray(y0)
+    if not isinstance(y0, jax.Array):
+        y0 = jnp.asarray(y0)
     if _is_traced(y0):
         check_initial_state(np.broadcast_to(np.zeros((), y0.dtype), y0.shape))
     else:
@@ -338,12 +349,16 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any,
         # A stand-in of the same shape and dtype; diffrax checks monotonicity at run time.
         check_time_grid(np.arange(t.size).astype(t.dtype).reshape(t.shape))
         t = t.astype(y0.dtype)
-        direction = jnp.where(t[-1] > t[0], 1, -1)
+        t0, t1 = t[0], t[-1]
+        direction = jnp.where(t1 > t0, 1, -1)
     else:
-        # Kept in NumPy: indexing costs nothing, diffeqsolve moves it to the device.
-        t = np.asarray(t)
-        direction = check_time_grid(t)
-        t = t.astype(y0.dtype)
+        t_host = np.asarray(t)
+        direction = check_time_grid(t_host)
+        t_host = t_host.astype(y0.dtype, copy=False)
+        # Ends from the host copy: slicing a device array costs an eager dispatch each.
+        t0, t1 = t_host[0], t_host[-1]
+        if not isinstance(t, jax.Array) or t.dtype != y0.dtype:
+            t = t_host
     arguments = diffeqsolve_arguments(config)
     if not config.adaptive:
         dt0 = direction * config.step_size
@@ -352,19 +367,19 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any,
     else:
         dt0 = None
 
-    y_start, t_solve = y0, t
+    field = _CheckedField(func)
+    y_start, t_save = y0, t
     moving = config.adjoint is not None and _is_traced(t)
     if moving:
-        t_solve = jax.lax.stop_gradient(t)
-        y_start = _moving_times(y0, t[0], -func(t[0], y0, args))
+        t0, t1, t_save = jax.lax.stop_gradient((t0, t1, t))
+        y_start = _moving_times(y0, t[0], -field(t[0], y0, args))
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(_CheckedField(func)), t0=t_solve[0], t1=t_solve[-1], dt0=dt0,
-        y0=y_start, args=args, saveat=diffrax.SaveAt(ts=t_solve), throw=False,
-        **arguments,
+        diffrax.ODETerm(field), t0=t0, t1=t1, dt0=dt0, y0=y_start, args=args,
+        saveat=diffrax.SaveAt(ts=t_save), throw=False, **arguments,
     )
     ys = sol.ys
     if moving:
-        f_out = jax.vmap(lambda s, y: func(s, y, args))(t[1:], ys[1:])
+        f_out = jax.vmap(lambda s, y: field(s, y, args))(t[1:], ys[1:])
         ys = jnp.concatenate([y0[None], _moving_times(ys[1:], t[1:], f_out)])
 
     summary = _summary(sol.result, ys, sol.stats["num_steps"],
@@ -375,7 +390,7 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any,
         # throw=True.
         ys = sol.result.error_if(ys, jnp.invert(diffrax.is_okay(sol.result)))
         return ys, _stats(config, *summary[1:])
-    ok, *counts = (int(x) for x in jax.device_get(summary))
+    ok, *counts = np.asarray(summary).tolist()
     if not ok:
         _raise_solver_error(func, y0, t, args, dt0, arguments, config)
     return ys, _stats(config, *counts)
