@@ -76,7 +76,9 @@ def odeint(
         from the type of ``y0``, else the configuration (``odeplug.set_config``).
     return_stats : bool, default=False
         Also return an ``ODEStats`` (``nfe_forward``, ``nfe_backward``, ``n_steps``,
-        ``n_rejected``); ``nfe_backward`` is filled in after a backward pass.
+        ``n_rejected``); ``nfe_backward`` is filled in after a backward pass on the
+        reference and torch engines, and stays ``None`` on JAX (diffrax does not report
+        the backward solves' statistics). Under ``jax.jit`` the counts are JAX scalars.
 
     Returns
     -------
@@ -94,7 +96,9 @@ def odeint(
         The engine is registered but not installed (the message names the pip extra).
     SolverError
         Step budget exceeded, step size underflow or non-finite state, with the time
-        reached and the solution so far.
+        reached and the solution so far. On JAX only for concrete inputs: under ``jit``,
+        ``grad`` or ``vmap`` a failed solve is diffrax's runtime error instead (no Python
+        exception can depend on a traced value).
 
     Examples
     --------

@@ -102,6 +102,10 @@ class ODEEstimatorBase(BaseEstimator):
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)
+            if before.get("_train_state") is not None:
+                # Updated in place by the failed run: it no longer matches the
+                # restored parameters.
+                self._train_state = None
             raise
 
     def _train(self, engine: Backend, spec: Any, params: dict[str, np.ndarray],

@@ -33,9 +33,11 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         (diffrax). None: ``odeplug.set_config``/``config_context``, then the environment
         variable ``ODEPLUG_BACKEND``, then ``"reference"``. Read again at predict time:
         a model fitted on one engine predicts on any other.
-    hidden_layer_sizes : tuple of int, default=(64, 64)
+    hidden_layer_sizes : tuple of int, default=(128, 64)
         ``hidden_layer_sizes[0]`` is the width of the ODE state (the embedding); the
-        rest are the hidden layers of the vector field (none: a linear field).
+        rest are the hidden layers of the vector field (none: a linear field). The
+        defaults, with ``max_iter=100``, reach 0.98 test accuracy on scikit-learn's
+        digits (``docs/benchmarks.md``).
     activation : {"relu", "tanh", "softplus", "logistic", "identity"}, default="relu"
         Activation of the embedding.
     field_activation : {"tanh", "softplus", "logistic", "relu", "identity"}, default="tanh"
@@ -65,7 +67,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         Minibatch size; "auto" is ``min(200, n_samples)``.
     learning_rate_init : float, default=1e-3
         Adam's step size.
-    max_iter : int, default=50
+    max_iter : int, default=100
         Maximum number of epochs.
     tol : float, default=1e-4
         Improvement of the loss (or validation score) that counts as progress.
@@ -134,7 +136,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     def __init__(
         self,
         backend=None,
-        hidden_layer_sizes=(64, 64),
+        hidden_layer_sizes=(128, 64),
         activation="relu",
         field_activation="tanh",
         augment_dim=0,
@@ -148,7 +150,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         alpha=1.0,
         batch_size="auto",
         learning_rate_init=1e-3,
-        max_iter=50,
+        max_iter=100,
         tol=1e-4,
         early_stopping=False,
         validation_fraction=0.1,

@@ -1,0 +1,26 @@
+"""The examples run end to end (few epochs: their results are measured by the
+benchmarks, not here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_digits_example(tmp_path):
+    pytest.importorskip("matplotlib")
+    figure = tmp_path / "tolerance.png"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "digits.py"), "--backend", "reference",
+         "--max-iter", "3", "--output", str(figure)],
+        capture_output=True, text=True, timeout=600, check=True)
+    assert "test accuracy:" in out.stdout
+    accuracy = float(out.stdout.split("test accuracy:")[1].split()[0])
+    assert accuracy > 0.5  # three epochs: far from converged, far from chance (0.1)
+    assert figure.stat().st_size > 10_000
