@@ -240,7 +240,7 @@ def _dopri8() -> ButcherTableau:
     b_embedded = (13451932 / 455176623, 0, 0, 0, 0, -808719846 / 976000145,
                   1757004468 / 5645159321, 656045339 / 265891186, -3867574721 / 1518517206,
                   465885868 / 322736535, 53011238 / 667516719, 2 / 45, 0.0, 0.0)
-    b_error = tuple(bi - ei for bi, ei in zip(b, b_embedded))
+    b_error = tuple(bi - ei for bi, ei in zip(b, b_embedded, strict=True))
     # Continuous extension (as in diffrax's Dopri8): b_i(x) = x * polyval(poly[i], x).
     poly = {
         0: (-6.3448349392860401388, 22.1396504998094068976, -30.0610568289666450593,

@@ -25,6 +25,8 @@ Errors. On concrete inputs the solve runs with ``throw=False`` and a failure bec
 solve (error path only). Under tracing (``jit``, ``grad``, ``vmap``) no Python exception
 can depend on the result: the failure is diffrax's runtime error, as with
 ``throw=True``; a fixed-step solve whose state becomes non-finite then returns NaN/inf.
+Compiled callers that want a ``SolverError`` instead use :func:`odeint_result`, which
+returns diffrax's result code for them to check on the host.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from odeplug._tableaus import HEUN, MIDPOINT, RK4, TABLEAUS, ButcherTableau
 from odeplug._validation import check_field_output, check_initial_state, check_time_grid
 from odeplug.exceptions import SolverError
 
-__all__ = ["odeint", "diffeqsolve_arguments"]
+__all__ = ["odeint", "odeint_result", "failure_reason", "diffeqsolve_arguments"]
 
 
 # ------------------------------------------------------------------------- solvers
@@ -339,6 +341,64 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any,
     exactly: ``dy_i/dt_i = f(t_i, y_i)`` for ``i >= 1``, and moving ``t_0`` with ``y0``
     fixed is moving ``y0`` by ``-f(t_0, y0) dt_0``.
     """
+    ys, sol, (y0, t, dt0, arguments) = _solve(func, y0, t, args, config)
+    summary = _summary(sol.result, ys, sol.stats["num_steps"],
+                       sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"])
+    if any(map(_is_traced, jax.tree.leaves((summary, y0, t, args)))):
+        # Under a transformation (also an un-jitted grad, whose values are known), or
+        # with a field closing over traced values: diffrax's runtime error, as with
+        # throw=True.
+        ys = sol.result.error_if(ys, jnp.invert(diffrax.is_okay(sol.result)))
+        return ys, _stats(config, *summary[1:])
+    ok, *counts = np.asarray(summary).tolist()
+    if not ok:
+        _raise_solver_error(func, y0, t, args, dt0, arguments, config)
+    return ys, _stats(config, *counts)
+
+
+def odeint_result(func: Callable, y0: Any, t: Any, args: Any,
+                  config: ODESolveConfig) -> tuple[jax.Array, ODEStats, jax.Array]:
+    """:func:`odeint` for callers under ``jit`` that handle a failed solve themselves.
+
+    The same solve, but a failure raises nothing (no ``error_if``): the caller gets
+    diffrax's result code (0: success) and turns it into a ``SolverError`` on the host
+    (:func:`failure_reason`). Used by the engine's programs, whose whole training step is
+    one compiled function.
+
+    Returns
+    -------
+    ys : jax.Array
+        As :func:`odeint`; not meaningful where the code is not 0.
+    stats : ODEStats
+        JAX scalars under tracing; ``nfe_backward`` None.
+    code : jax.Array
+        diffrax's ``RESULTS`` code, an int32 scalar.
+    """
+    ys, sol, _ = _solve(func, y0, t, args, config)
+    stats = _stats(config, sol.stats["num_steps"], sol.stats["num_accepted_steps"],
+                   sol.stats["num_rejected_steps"])
+    return ys, stats, sol.result._value
+
+
+# diffrax's result codes and SolverError's reasons.
+_REASONS = {int(item._value): name
+            for name, item in diffrax.RESULTS._name_to_item.items()}
+_REASONS.update({int(diffrax.RESULTS.max_steps_reached._value): "max_num_steps",
+                 int(diffrax.RESULTS.dt_min_reached._value): "step_size_underflow",
+                 int(diffrax.RESULTS.nonfinite._value): "non_finite"})
+
+
+def failure_reason(code: int) -> tuple[str, str]:
+    """``(reason, message)`` of a result code of :func:`odeint_result` (not 0)."""
+    return _REASONS.get(int(code), "unknown"), diffrax.RESULTS._index_to_message[int(code)]
+
+
+def _solve(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig):
+    """The solve of :func:`odeint`, without its error handling.
+
+    Returns ``ys``, diffrax's ``Solution`` and what the diagnostic solve needs: ``(y0,
+    t, dt0, arguments)`` as prepared here.
+    """
     if not isinstance(y0, jax.Array):
         y0 = jnp.asarray(y0)
     if _is_traced(y0):
@@ -382,18 +442,7 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any,
         f_out = jax.vmap(lambda s, y: field(s, y, args))(t[1:], ys[1:])
         ys = jnp.concatenate([y0[None], _moving_times(ys[1:], t[1:], f_out)])
 
-    summary = _summary(sol.result, ys, sol.stats["num_steps"],
-                       sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"])
-    if any(map(_is_traced, jax.tree.leaves((summary, y0, t, args)))):
-        # Under a transformation (also an un-jitted grad, whose values are known), or
-        # with a field closing over traced values: diffrax's runtime error, as with
-        # throw=True.
-        ys = sol.result.error_if(ys, jnp.invert(diffrax.is_okay(sol.result)))
-        return ys, _stats(config, *summary[1:])
-    ok, *counts = np.asarray(summary).tolist()
-    if not ok:
-        _raise_solver_error(func, y0, t, args, dt0, arguments, config)
-    return ys, _stats(config, *counts)
+    return ys, sol, (y0, t, dt0, arguments)
 
 
 def _stats(config: ODESolveConfig, num_steps, num_accepted, num_rejected) -> ODEStats:

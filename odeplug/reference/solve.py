@@ -60,30 +60,43 @@ def flatten_args(args: Any) -> tuple[Any, Callable[[Any], Any]]:
         if isinstance(value, (list, tuple)):
             return (type(value), [build(node[i]) for i in range(len(value))])
         shape = tuple(np.shape(value))
-        size = int(np.prod(shape, dtype=np.int64))
-        leaves.append(anp.ravel(node))
+        size = math.prod(shape)
+        leaves.append(anp.ravel(node) if isbox(node) else np.ravel(value))
         offsets.append((position, position + size, shape))
         position += size
         return ("leaf", len(offsets) - 1)
 
     structure = build(args)
-    flat = anp.concatenate(leaves) if leaves else np.zeros(0)
+    if not leaves:
+        flat = np.zeros(0)
+    elif any(isbox(leaf) for leaf in leaves):
+        flat = anp.concatenate(leaves)
+    else:
+        flat = np.concatenate(leaves)
 
     def unflatten(vector: Any) -> Any:
-        def rebuild(node: Any) -> Any:
-            if node is None:
-                return None
-            kind, content = node
-            if kind == "dict":
-                return {key: rebuild(value) for key, value in content}
-            if kind == "leaf":
-                start, stop, shape = offsets[content]
-                return anp.reshape(vector[start:stop], shape)
-            return kind(rebuild(value) for value in content)
-
-        return rebuild(structure)
+        return _rebuild(structure, vector, offsets, isbox(vector))
 
     return flat, unflatten
+
+
+def _rebuild(node: Any, vector: Any, offsets: list, boxed: bool) -> Any:
+    """The pytree of ``flatten_args``'s structure ``node`` from the flat ``vector``.
+
+    A module-level function: a recursive closure would be a reference cycle, and every
+    call would leave garbage (holding ``vector`` and, under autograd, its graph) for the
+    cyclic collector.
+    """
+    if node is None:
+        return None
+    kind, content = node
+    if kind == "dict":
+        return {key: _rebuild(value, vector, offsets, boxed) for key, value in content}
+    if kind == "leaf":
+        start, stop, shape = offsets[content]
+        piece = vector[start:stop]
+        return anp.reshape(piece, shape) if boxed else piece.reshape(shape)
+    return kind(_rebuild(value, vector, offsets, boxed) for value in content)
 
 
 # ------------------------------------------------------------------- the stepper
@@ -99,6 +112,8 @@ class _Method:
     b_error: np.ndarray | None
     b_dense: np.ndarray | None  # (S, P): stage weights of x**1 .. x**P
     c: tuple[float, ...]
+    rows: tuple[np.ndarray, ...]  # rows[i] = a[i, :i], the weights of stage i
+    fsal: bool
 
     @classmethod
     def of(cls, name: str, dtype: np.dtype) -> _Method:
@@ -106,9 +121,10 @@ class _Method:
         if key not in _METHOD_CACHE:
             tab = TABLEAUS[name]
             as_array = lambda v: None if v is None else np.asarray(v, dtype=dtype)  # noqa: E731
+            a = tab.matrix(dtype)
             _METHOD_CACHE[key] = cls(
-                tab, tab.matrix(dtype), as_array(tab.b), as_array(tab.b_error),
-                as_array(tab.b_dense), tab.c,
+                tab, a, as_array(tab.b), as_array(tab.b_error), as_array(tab.b_dense),
+                tab.c, tuple(a[i, :i] for i in range(len(tab.c))), tab.fsal,
             )
         return _METHOD_CACHE[key]
 
@@ -119,11 +135,11 @@ _METHOD_CACHE: dict[tuple[str, str], _Method] = {}
 def _rk_step_numpy(fun, t, y, f0, h, method, stages, need_error):
     """One explicit RK step on plain arrays, stages stacked in ``stages`` (S, n)."""
     stages[0] = f0
-    a = method.a
-    for i in range(1, len(method.c)):
-        yi = y + h * (a[i, :i] @ stages[:i])
-        stages[i] = fun(t + method.c[i] * h, yi)
-    if method.tableau.fsal:
+    rows, c = method.rows, method.c
+    for i in range(1, len(c)):
+        yi = y + h * (rows[i] @ stages[:i])
+        stages[i] = fun(t + c[i] * h, yi)
+    if method.fsal:
         y1 = yi  # the last stage is evaluated at y1
     else:
         y1 = y + h * (method.b @ stages)
@@ -146,7 +162,8 @@ def _rk_step_traced(fun, t, y, f0, h, method, need_error):
     if tab.fsal:
         y1 = yi
     else:
-        y1 = y + h * sum(coefficient * k for coefficient, k in zip(tab.b, ks) if coefficient != 0.0)
+        y1 = y + h * sum(coefficient * k
+                         for coefficient, k in zip(tab.b, ks, strict=False) if coefficient != 0.0)
     error = None
     if need_error:
         values = np.stack([getval(k) for k in ks])
@@ -161,9 +178,9 @@ def _dense_weights(b_dense, x, ks, traced):
         return (b_dense @ powers) @ ks
     powers = [x ** (p + 1) for p in range(b_dense.shape[1])]
     total = None
-    for row, k in zip(b_dense, ks):
+    for row, k in zip(b_dense, ks, strict=False):
         if np.any(row != 0.0):
-            term = sum(float(c) * xp for c, xp in zip(row, powers) if c != 0.0) * k
+            term = sum(float(c) * xp for c, xp in zip(row, powers, strict=True) if c != 0.0) * k
             total = term if total is None else total + term
     return total
 
@@ -276,7 +293,7 @@ def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: 
             y1, error, ks = _rk_step_numpy(fun, t_b, y, f0, h_b, method, stages,
                                            config.adaptive)
         stats.nfe_forward += tab.n_stages - 1
-        finite = bool(np.all(np.isfinite(getval(y1))))
+        finite = bool(np.isfinite(getval(y1)).all())
 
         if config.adaptive:
             if finite:
@@ -316,7 +333,7 @@ def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: 
         # Accepted: slope at t1 (FSAL: already computed), then dense output.
         stats.n_steps += 1
         accepted += 1
-        f1 = ks[-1] if tab.fsal else None
+        f1 = ks[-1] if method.fsal else None
         while next_out < n_out and ts_val[next_out] <= t1:
             if ts_val[next_out] == t1:
                 outputs.append(y1)
@@ -347,22 +364,28 @@ def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: 
 # --------------------------------------------------------------- the public solve
 
 
-def _as_flat_field(func, shape, unflatten, dtype):
-    """A vector field on flat states, with times passed in the state's dtype."""
+def _as_flat_field(func, shape, unflatten, dtype, theta=None, args=None):
+    """A vector field on flat states, with times passed in the state's dtype.
 
-    last = {}  # the pytree of the last plain theta: unflattened once per solve
+    ``theta`` and ``args``: a plain parameter vector and its pytree, already unflattened.
+    """
+
+    # The pytree of the last plain theta: unflattened once per solve.
+    last = {} if theta is None else {"theta": theta, "args": args}
 
     def fun(t, y_flat, theta):
-        t_arg = t if isbox(t) else dtype.type(t)
         if isbox(theta):
             args = unflatten(theta)
         else:
             if last.get("theta") is not theta:
                 last["theta"], last["args"] = theta, unflatten(theta)
             args = last["args"]
-        if isbox(y_flat) or isbox(theta) or isbox(t):
-            return anp.reshape(func(t_arg, anp.reshape(y_flat, shape), args), (-1,))
-        return np.reshape(func(t_arg, y_flat.reshape(shape), args), -1)
+            if not (isbox(y_flat) or isbox(t)):
+                # The plain-NumPy solve: no autograd wrappers on the way.
+                dy = func(dtype.type(t), y_flat.reshape(shape), args)
+                return dy.reshape(-1) if type(dy) is np.ndarray else np.reshape(dy, -1)
+        t_arg = t if isbox(t) else dtype.type(t)
+        return anp.reshape(func(t_arg, anp.reshape(y_flat, shape), args), (-1,))
 
     return fun
 
@@ -386,7 +409,9 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig):
     stats = ODEStats()
 
     # Check the field once on values: output shape and dtype, no hidden boxes.
-    dy0 = func(dtype.type(t_val[0]), y0_val, unflatten(getval(theta)))
+    theta_val = getval(theta)
+    args_val = unflatten(theta_val)
+    dy0 = func(dtype.type(t_val[0]), y0_val, args_val)
     if isbox(dy0):
         raise ValueError(
             "the vector field closes over values that autograd is differentiating; "
@@ -395,16 +420,21 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig):
     dy0 = np.asarray(dy0)
     check_field_output(dy0.shape, dy0.dtype, shape, dtype)
 
-    field = _as_flat_field(func, shape, unflatten, dtype)
+    field = _as_flat_field(func, shape, unflatten, dtype, theta_val, args_val)
     if direction < 0:
         # Solve forwards in s = -t: dy/ds = -f(-s, y).
         base_field = field
         field = lambda s, y, th: -base_field(-s, y, th)  # noqa: E731
         t = -t
+    traced = isbox(y0) or isbox(t) or isbox(theta)
+    if not traced:
+        # Nothing to differentiate: the plain-NumPy solve, without autograd's wrappers.
+        outputs = _integrate(lambda s, y: field(s, y, theta), y0.reshape(-1), t, config,
+                             stats, traced=False, direction=direction)
+        return np.stack(outputs).reshape((t_val.shape[0],) + shape), stats
     problem = _Problem(field, config, stats, direction)
     y0_flat = anp.reshape(y0, (-1,))
-    traced = isbox(y0) or isbox(t) or isbox(theta)
-    if config.adjoint is None and traced:
+    if config.adjoint is None:
         outputs = _integrate(lambda s, y: _count_backward(field(s, y, theta), stats), y0_flat,
                              t, config, stats, traced=True, direction=direction)
         ys = anp.stack(outputs)

@@ -1,0 +1,62 @@
+"""Layers of odeplug's model families in JAX, with the canonical parameter names.
+
+The same functions as ``odeplug.reference.nn``: parameters are a ``dict`` of arrays keyed
+by the canonical names of ``odeplug._specs`` (``{name}.weight`` of shape ``(fan_in,
+fan_out)``, applied as ``x @ W + b``), so that the dict of a program is the dict of the
+reference engine, array for array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["ACTIVATIONS", "dense", "mlp_field", "log_softmax"]
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+# The reference writes softplus as logaddexp(0, x) and the logistic as 0.5 (tanh(x/2) + 1):
+# the same functions; jax.nn's differ from those only by rounding.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "softplus": jax.nn.softplus,
+    "logistic": jax.nn.sigmoid,
+    "identity": _identity,
+}
+
+
+def dense(params: dict, name: str, x: jax.Array) -> jax.Array:
+    """``x @ W + b`` with the canonical ``{name}.weight`` and ``{name}.bias``."""
+    return x @ params[f"{name}.weight"] + params[f"{name}.bias"]
+
+
+def mlp_field(prefix: str, n_layers: int, activation: str) -> Callable:
+    """Vector field ``f(t, z, params)``: an MLP of ``[z, t]``, linear last layer.
+
+    For :func:`odeplug_backends.jax.solve.odeint`, with ``params`` (its ``args``) the
+    dict of the field's arrays. ``z`` is ``(batch, state_dim)``; ``t`` a scalar,
+    appended to every row as a last column of the input (only of the first layer).
+    """
+    act = ACTIVATIONS[activation]
+    last = n_layers - 1
+
+    def field(t: jax.Array, z: jax.Array, params: dict) -> jax.Array:
+        column = jnp.broadcast_to(jnp.asarray(t, z.dtype), (z.shape[0], 1))
+        h = jnp.concatenate([z, column], axis=1)
+        for i in range(n_layers):
+            h = dense(params, f"{prefix}.{i}", h)
+            if i < last:
+                h = act(h)
+        return h
+
+    return field
+
+
+def log_softmax(logits: jax.Array) -> jax.Array:
+    return jax.nn.log_softmax(logits, axis=1)

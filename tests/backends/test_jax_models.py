@@ -1,0 +1,285 @@
+"""The JAX engine's ODE-Net program: the reference engine's computation on JAX.
+
+Same initial parameters, same batch: the loss, the gradients (Adam's first moments) and
+the updated parameters agree with the reference program to the precision of the dtype;
+predict agrees, solves each row alone, and reports its cost per row. A failed solve is a
+SolverError. Every distinct spec (and batch size) costs an XLA compilation of 10 to 30 s
+on a small CPU, so the tests share two specs and few shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("diffrax")
+pytest.importorskip("optax")
+
+from odeplug_backends.jax import models  # noqa: E402
+from odeplug_backends.jax.models import make_program  # noqa: E402
+from odeplug_backends.jax.nn import ACTIVATIONS  # noqa: E402
+
+import odeplug  # noqa: E402
+from odeplug import SolverError  # noqa: E402
+from odeplug._solver_options import make_solve_config  # noqa: E402
+from odeplug._specs import ODENetSpec, OptimizerSpec  # noqa: E402
+from odeplug.reference.models import make_program as reference_program  # noqa: E402
+from odeplug.reference.nn import activations  # noqa: E402
+
+RK4 = dict(solver="rk4", step_size=0.25)
+DOPRI5 = dict(solver="dopri5", rtol=1e-5, atol=1e-7)
+
+
+def _spec(solve, *, activation="tanh", field_activation="tanh", augment_dim=2,
+          field_hidden=(7,), dtype="float32"):
+    return ODENetSpec(n_features=5, n_outputs=3, embed_dim=6, field_hidden=field_hidden,
+                      augment_dim=augment_dim, activation=activation,
+                      field_activation=field_activation, t1=1.0, solve=solve,
+                      optimizer=OptimizerSpec(learning_rate=1e-2, alpha=0.5), dtype=dtype)
+
+
+# The specs of the tests; each compiles its training step (some 15 s here) once per
+# batch size, so there are two:
+# fixed steps, backpropagation through the solver, float64, less common activations;
+SPEC_RK4 = _spec(make_solve_config(**RK4), activation="softplus",
+                 field_activation="logistic", dtype="float64")
+# adaptive steps, the adjoint, float32, a step budget that stiff parameters exceed.
+SPEC_DOPRI5 = _spec(make_solve_config(**DOPRI5, adjoint=True, max_num_steps=64),
+                    augment_dim=0, field_hidden=(8, 8))
+
+
+def _batch(n=24, seed=1, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 5)).astype(dtype), rng.integers(0, 3, n)
+
+
+def _stiff(params, factor=30.0):
+    """Parameters whose field needs far more than 64 steps."""
+    return {k: v * factor if k.startswith("field.") else v for k, v in params.items()}
+
+
+def _one_step(spec, seed=0):
+    """(metrics, first moments, updated params) of one step on each engine."""
+    params = spec.init_params(seed)
+    batch = _batch(dtype=spec.dtype)
+    out = {}
+    for name, program in (("jax", make_program(spec)), ("reference", reference_program(spec))):
+        state = program.init(params, seed)
+        state, metrics = program.step(state, batch)
+        if name == "jax":
+            moments = {k: np.asarray(v) for k, v in state["opt"][0].mu.items()}
+        else:
+            moments = state["opt"]["m"]
+        out[name] = metrics, moments, program.get_params(state)
+    return out
+
+
+def _assert_step_matches(spec, loss_rtol, moment_rtol, param_rtol, param_atol):
+    out = _one_step(spec)
+    (metrics, moments, params), (ref_metrics, ref_moments, ref_params) = (
+        out["jax"], out["reference"])
+    assert isinstance(metrics["loss"], float)
+    assert metrics["loss"] == pytest.approx(ref_metrics["loss"], rel=loss_rtol)
+    # The engine counts f(t0, y0) of FSAL solvers once more than the reference.
+    assert isinstance(metrics["nfe_forward"], int)
+    assert metrics["nfe_forward"] == ref_metrics["nfe_forward"] + 1
+    assert metrics["nfe_backward"] is None  # diffrax does not report it
+    for key in spec.param_shapes():
+        # Adam's first moment after one step is (1 - beta1) * gradient.
+        scale = np.abs(ref_moments[key]).max() + 1e-6
+        np.testing.assert_allclose(moments[key], ref_moments[key], rtol=moment_rtol,
+                                   atol=moment_rtol * 0.1 * scale, err_msg=key)
+        np.testing.assert_allclose(params[key], ref_params[key], rtol=param_rtol,
+                                   atol=param_atol, err_msg=key)
+        assert params[key].dtype == np.dtype(spec.dtype)
+
+
+# ------------------------------------------------------------- one training step
+
+
+def test_step_matches_reference_rk4_float64():
+    # Fixed steps on the same grid: the same arithmetic up to rounding.
+    _assert_step_matches(SPEC_RK4, 1e-12, 1e-8, 1e-12, 1e-14)
+
+
+def test_step_matches_reference_dopri5_adjoint_float32():
+    _assert_step_matches(SPEC_DOPRI5, 1e-5, 1e-3, 1e-4, 1e-5)
+
+
+def test_metrics_and_state():
+    spec = SPEC_DOPRI5
+    program = make_program(spec)
+    params = spec.init_params(0)
+    state = program.init(params, 0)
+    assert all(p.dtype == np.float32 for p in state["params"].values())
+    params["embed.weight"][:] = 7.0  # init copied the caller's arrays
+    assert not np.any(np.asarray(state["params"]["embed.weight"]) == 7.0)
+    losses = []
+    for _ in range(2):
+        state, metrics = program.step(state, _batch())
+        assert set(metrics) == {"loss", "nfe_forward", "nfe_backward"}
+        losses.append(metrics["loss"])
+    assert losses[1] < losses[0]
+    got = program.get_params(state)
+    assert list(got) == list(spec.param_shapes())
+    got["head.bias"][:] = 1e3  # a copy
+    assert not np.any(np.asarray(state["params"]["head.bias"]) == 1e3)
+
+
+def test_compiled_functions_are_shared_by_equal_specs():
+    # The estimator builds a new program per fit and per prediction: the compilations
+    # live at module level, keyed by the spec, so an equal spec (a refit, a clone in a
+    # grid search) traces nothing anew.
+    X, y = _batch()
+
+    def fit_and_predict(spec, seed):
+        program = make_program(spec)
+        state, _ = program.step(program.init(spec.init_params(seed), seed), (X, y))
+        program.predict(program.get_params(state), X[:16], spec.solve)
+
+    fit_and_predict(SPEC_DOPRI5, 0)
+    traces = dict(models.TRACE_COUNTS)
+    equal = dataclasses.replace(
+        SPEC_DOPRI5, solve=make_solve_config(**DOPRI5, adjoint=True, max_num_steps=64))
+    assert equal == SPEC_DOPRI5 and equal is not SPEC_DOPRI5
+    fit_and_predict(equal, 1)
+    fit_and_predict(equal, 2)
+    assert dict(models.TRACE_COUNTS) == traces
+
+
+def test_failed_solve_in_step_raises_solver_error():
+    # The training loop turns SolverError into TrainingDivergedError. With the adjoint,
+    # diffrax's backward solve raises (an XLA error under jit) after the forward one
+    # failed.
+    program = make_program(SPEC_DOPRI5)
+    with pytest.raises(SolverError, match="max_num_steps=64 exceeded") as info:
+        program.step(program.init(_stiff(SPEC_DOPRI5.init_params(0)), 0), _batch())
+    assert info.value.reason == "max_num_steps"
+
+
+def test_odeint_result_returns_the_failure_under_jit():
+    # Backpropagation through the solver: the step reads the forward solve's result
+    # code, which odeint_result returns rather than raising.
+    from odeplug_backends.jax.solve import failure_reason, odeint_result
+
+    config = make_solve_config("dopri5", rtol=1e-6, atol=1e-8, max_num_steps=8)
+
+    @jax.jit
+    def solve(y0, k):
+        _, stats, code = odeint_result(lambda t, y, k: -k * y, y0, np.array([0.0, 1.0]),
+                                       k, config)
+        return stats.nfe_forward, code
+
+    assert int(solve(np.ones(2, np.float32), np.float32(1.0))[1]) == 0
+    nfe, code = solve(np.ones(2, np.float32), np.float32(1e4))
+    assert failure_reason(int(code))[0] == "max_num_steps"
+    assert int(nfe) == 3 + 6 * 8
+
+
+def test_non_finite_parameters_give_a_non_finite_loss():
+    # Fixed steps: a NaN state is no solver failure; the loop stops on the loss.
+    program = make_program(SPEC_RK4)
+    params = SPEC_RK4.init_params(0)
+    params["embed.bias"][0] = np.nan
+    _, metrics = program.step(program.init(params, 0), _batch(dtype=np.float64))
+    assert np.isnan(metrics["loss"])
+
+
+def test_init_checks_shapes_and_other_specs_are_refused():
+    params = SPEC_DOPRI5.init_params(0)
+    params["head.weight"] = params["head.weight"][:, :2]
+    with pytest.raises(ValueError, match="shapes"):
+        make_program(SPEC_DOPRI5).init(params, 0)
+    with pytest.raises(NotImplementedError, match="no program for"):
+        make_program(object())
+    with pytest.raises(NotImplementedError):
+        odeplug.get_backend("jax").make_program(object())
+
+
+def test_float64_runs_in_float64_without_global_x64():
+    # A model fitted on the reference engine (float64) predicts and trains on JAX in
+    # float64, whatever the user's jax_enable_x64 (the program enables it per call).
+    params = SPEC_RK4.init_params(0)
+    X, y = _batch(dtype=np.float64)  # the shapes of the other tests: no new compilation
+    with jax.enable_x64(False):
+        program = make_program(SPEC_RK4)
+        state, _ = program.step(program.init(params, 0), (X, y))
+        assert all(v.dtype == np.float64 for v in program.get_params(state).values())
+        X = X[:16]
+        log_proba, _ = program.predict(params, X, SPEC_RK4.solve)
+        assert jax.numpy.zeros(1).dtype == np.float32  # the user's setting is kept
+    assert log_proba.dtype == np.float64
+    reference, _ = reference_program(SPEC_RK4).predict(params, X, SPEC_RK4.solve)
+    np.testing.assert_allclose(log_proba, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_activations_match_reference():
+    x = np.linspace(-30, 30, 61)
+    reference = activations(np)
+    with jax.enable_x64(True):
+        for name, act in ACTIVATIONS.items():
+            np.testing.assert_allclose(act(jax.numpy.asarray(x)), reference[name](x),
+                                       rtol=1e-14, atol=1e-14, err_msg=name)
+
+
+# ------------------------------------------------------------------------ predict
+
+
+@pytest.mark.parametrize("spec", [SPEC_RK4, SPEC_DOPRI5], ids=["rk4-float64", "dopri5"])
+def test_predict_matches_reference(spec):
+    params = spec.init_params(2)
+    X, _ = _batch(16, seed=4, dtype=spec.dtype)
+    log_proba, stats = make_program(spec).predict(params, X, spec.solve)
+    ref_log_proba, ref_stats = reference_program(spec).predict(params, X, spec.solve)
+    assert log_proba.dtype == np.dtype(spec.dtype) and log_proba.shape == (16, 3)
+    tol = 1e-12 if spec.dtype == "float64" else 1e-5
+    np.testing.assert_allclose(log_proba, ref_log_proba, rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.exp(log_proba).sum(axis=1), 1.0, rtol=tol)
+    assert set(stats) == {"nfe_forward", "n_steps", "n_rejected"}
+    for key, values in stats.items():
+        assert values.shape == (16,) and values.dtype == np.int64, key
+    steps = stats["n_steps"] + stats["n_rejected"]
+    if spec is SPEC_RK4:
+        assert np.all(stats["n_steps"] == 4) and np.all(stats["n_rejected"] == 0)
+        np.testing.assert_array_equal(stats["nfe_forward"], 1 + 4 * steps)
+    else:
+        # Hairer's initial step (2), f(t0, y0) (1), then 6 stages a step.
+        np.testing.assert_array_equal(stats["nfe_forward"], 3 + 6 * steps)
+        # The same controller: the same steps, but for a rare rounding flip.
+        assert np.mean(stats["n_steps"] == ref_stats["n_steps"]) >= 0.9
+
+
+def test_predict_rows_are_independent():
+    spec = SPEC_DOPRI5
+    # A stronger field: rows need different numbers of steps, which must not leak into
+    # each other, in chunks padded to 16 rows and to 8.
+    params = _stiff(spec.init_params(0), 3.0)
+    X, _ = _batch(16, seed=7)
+    program = make_program(spec)
+    full, stats = program.predict(params, X, spec.solve)
+    assert len(set(stats["nfe_forward"].tolist())) > 2
+    for rows in ([0], [3], [2, 3, 4], list(range(15, 0, -2))):
+        part, part_stats = program.predict(params, X[rows], spec.solve)
+        np.testing.assert_array_equal(part, full[rows])  # bit for bit
+        for key in stats:
+            np.testing.assert_array_equal(part_stats[key], stats[key][rows])
+
+
+def test_predict_reads_the_solve_config_and_fails_with_solver_error():
+    spec = SPEC_DOPRI5
+    # float64 parameters (of a float64 fit, say) run in the program's float32.
+    params = {k: v.astype(np.float64) for k, v in spec.init_params(0).items()}
+    X = _batch(16)[0]
+    program = make_program(spec)
+    log_proba, _ = program.predict(params, X, spec.solve)
+    assert log_proba.dtype == np.float32
+    empty, empty_stats = program.predict(params, X[:0], spec.solve)
+    assert empty.shape == (0, 3) and empty_stats["nfe_forward"].shape == (0,)
+    # Four steps of 0.25 do not fit in a budget of 2: every row fails.
+    with pytest.raises(SolverError, match=r"row 0 failed: max_num_steps=2 exceeded "
+                                          r"\(3 of 3 rows failed\)") as info:
+        program.predict(params, X[:3], make_solve_config(**RK4, max_num_steps=2))
+    assert info.value.reason == "max_num_steps"

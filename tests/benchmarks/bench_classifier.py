@@ -1,0 +1,458 @@
+"""ODEClassifier benchmarks on scikit-learn's digits: accuracy, fit time against the loop
+a user would write by hand, and memory of a training step as ``t1`` grows.
+
+Run from the repository root (threads pinned to one per process; about 15 minutes)::
+
+    python tests/benchmarks/bench_classifier.py           # full run, writes docs/benchmarks.md
+    python tests/benchmarks/bench_classifier.py --quick   # smoke run, writes nothing
+
+Tables:
+
+1. Test accuracy of ``ODEClassifier()`` with default parameters, mean of 3 seeds, on each
+   engine, next to scikit-learn baselines (target: >= 0.98).
+2. Fit time of ``ODEClassifier`` against hand-written training loops with the same
+   architecture, initial parameters, minibatches, solver, tolerances and epochs:
+   torchdiffeq + ``torch.optim.Adam`` (eager) and diffrax + equinox + optax (the whole
+   step under ``jax.jit``). Interleaved repeats, medians; compilation excluded from both
+   sides and reported apart (target: ratio <= 1.05 on torch and on jax).
+3. Memory of one training step with ``adjoint=True`` (and, for contrast, backprop) as
+   ``t1`` grows, each case in a fresh process (target: flat with the adjoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (pins threads before numpy, torch or jax are imported)
+import numpy as np  # noqa: E402
+
+ENGINES = ("reference", "torch", "jax")
+SEEDS = (0, 1, 2)
+
+
+def digits_split():
+    """The example's split: stratified 75/25, ``random_state=0``, standardised."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=0.25, stratify=y, random_state=0)
+    scaler = StandardScaler().fit(X_train)
+    return scaler.transform(X_train), scaler.transform(X_test), y_train, y_test
+
+
+# ------------------------------------------------------------------------ accuracy
+
+
+def accuracy_table(seeds) -> list[dict]:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import SVC
+
+    import odeplug
+
+    X_train, X_test, y_train, y_test = digits_split()
+    rows = []
+    candidates = [(f"ODEClassifier(backend={e!r})",
+                   lambda s, e=e: odeplug.ODEClassifier(backend=e, random_state=s))
+                  for e in ENGINES]
+    candidates += [
+        ("MLPClassifier((64,))", lambda s: MLPClassifier((64,), random_state=s, max_iter=500)),
+        ("MLPClassifier((256,))", lambda s: MLPClassifier((256,), random_state=s, max_iter=500)),
+        ("LogisticRegression", lambda s: LogisticRegression(max_iter=2000)),
+        ("SVC", lambda s: SVC()),
+    ]
+    for name, make in candidates:
+        scores, times = [], []
+        for seed in seeds:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                start = time.perf_counter()
+                model = make(seed).fit(X_train, y_train)
+                times.append(time.perf_counter() - start)
+            scores.append(model.score(X_test, y_test))
+        rows.append({"model": name, "scores": scores, "mean": float(np.mean(scores)),
+                     "fit_s": float(np.median(times))})
+        print(f"  {name:32s} mean {np.mean(scores):.4f}  {scores}  fit {np.median(times):.1f} s",
+              flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------- hand-written loops
+
+
+def _hand_torch(params0, X, y, *, epochs, batch_size, alpha, lr, rtol, atol, order):
+    """The loop a torchdiffeq user writes: nn.Modules, odeint_adjoint, torch.optim.Adam."""
+    import torch
+    from torch import nn
+    from torchdiffeq import odeint_adjoint
+
+    def linear(prefix):
+        layer = nn.Linear(*params0[f"{prefix}.weight"].shape)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(params0[f"{prefix}.weight"].T))
+            layer.bias.copy_(torch.from_numpy(params0[f"{prefix}.bias"]))
+        return layer
+
+    class Field(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.out = linear("field.0"), linear("field.1")
+            self.nfe = 0
+
+        def forward(self, t, z):
+            self.nfe += 1
+            tz = torch.cat([z, t.expand(z.shape[0], 1)], dim=1)
+            return self.out(torch.tanh(self.hidden(tz)))
+
+    embed, field, head = linear("embed"), Field(), linear("head")
+    modules = nn.ModuleList([embed, field, head])
+    weights = [m.weight for m in (embed, field.hidden, field.out, head)]
+    opt = torch.optim.Adam(modules.parameters(), lr=lr)
+    X, y = torch.from_numpy(X), torch.from_numpy(y)
+    times = torch.tensor([0.0, 1.0])
+    nfe = []
+    for epoch in range(epochs):
+        for idx in order[epoch]:
+            idx = torch.from_numpy(idx)
+            field.nfe = 0
+            z1 = odeint_adjoint(field, torch.relu(embed(X[idx])), times, rtol=rtol, atol=atol,
+                                method="dopri5")[-1]
+            loss = nn.functional.cross_entropy(head(z1), y[idx])
+            loss = loss + 0.5 * alpha * sum((w**2).sum() for w in weights) / len(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            nfe.append(field.nfe)
+    return float(np.mean(nfe))
+
+
+@functools.lru_cache
+def _hand_jax_loop(alpha, lr, rtol, atol):
+    """The model and the jitted step a diffrax user writes (equinox modules, optax.adam),
+    built once per script as a user's would be, so repeats reuse the compilation."""
+    import diffrax
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    class Linear(eqx.Module):
+        weight: jax.Array
+        bias: jax.Array
+
+        def __call__(self, x):
+            return x @ self.weight + self.bias
+
+    class ODENet(eqx.Module):
+        embed: Linear
+        hidden: Linear
+        out: Linear
+        head: Linear
+
+        def field(self, t, z, args):
+            tz = jnp.concatenate([z, jnp.full((z.shape[0], 1), t, z.dtype)], axis=1)
+            return self.out(jnp.tanh(self.hidden(tz)))
+
+        def __call__(self, x):
+            sol = diffrax.diffeqsolve(
+                diffrax.ODETerm(self.field), diffrax.Dopri5(), t0=0.0, t1=1.0, dt0=None,
+                y0=jax.nn.relu(self.embed(x)),
+                stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+                adjoint=diffrax.BacksolveAdjoint())
+            return self.head(sol.ys[-1]), sol.stats["num_steps"]
+
+    optimizer = optax.adam(lr)
+
+    def loss_fn(model, xb, yb):
+        logits, n_steps = model(xb)
+        data = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+        weights = (model.embed.weight, model.hidden.weight, model.out.weight,
+                   model.head.weight)
+        return data + 0.5 * alpha * sum(jnp.sum(w**2) for w in weights) / len(yb), n_steps
+
+    @eqx.filter_jit
+    def step(model, opt_state, xb, yb):
+        (loss, n_steps), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(
+            model, xb, yb)
+        updates, opt_state = optimizer.update(grads, opt_state, model)
+        return eqx.apply_updates(model, updates), opt_state, loss, n_steps
+
+    def build(params0):
+        def linear(prefix):
+            return Linear(jnp.asarray(params0[f"{prefix}.weight"]),
+                          jnp.asarray(params0[f"{prefix}.bias"]))
+
+        model = ODENet(linear("embed"), linear("field.0"), linear("field.1"), linear("head"))
+        return model, optimizer.init(eqx.filter(model, eqx.is_array))
+
+    return build, step
+
+
+def _hand_jax(params0, X, y, *, epochs, batch_size, alpha, lr, rtol, atol, order):
+    """The training loop of a diffrax user."""
+    import jax.numpy as jnp
+
+    build, step = _hand_jax_loop(alpha, lr, rtol, atol)
+    model, opt_state = build(params0)
+    X, y = jnp.asarray(X), jnp.asarray(y)
+    n_steps = []
+    for epoch in range(epochs):
+        for idx in order[epoch]:
+            model, opt_state, loss, steps = step(model, opt_state, X[idx], y[idx])
+            n_steps.append(steps)
+    loss.block_until_ready()
+    # dopri5 in diffrax: 6 evaluations per step, plus the first (FSAL) and the 2 of
+    # the initial step selection.
+    return float(np.mean([6 * int(s) + 3 for s in n_steps]))
+
+
+def _odeplug_fit(engine, X, y, *, epochs, seed):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    import odeplug
+
+    clf = odeplug.ODEClassifier(backend=engine, max_iter=epochs, tol=0.0, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    return clf.nfe_["forward"]
+
+
+def _hand_setup(X, y, epochs, seed):
+    """The estimator's initial parameters and minibatches, for the hand loops."""
+    import odeplug
+
+    clf = odeplug.ODEClassifier(max_iter=epochs, random_state=seed)
+    # The estimator's draws from random_state: the parameters' seed, then each epoch's
+    # permutation.
+    rng = np.random.RandomState(seed)
+    model_seed = int(rng.randint(np.iinfo(np.int32).max))
+    spec = clf._spec(X.shape[1], 10, "float32")
+    params0 = spec.init_params(model_seed)
+    batch = min(200, len(X))
+    order = [np.array_split(perm, range(batch, len(X), batch))
+             for perm in (rng.permutation(len(X)) for _ in range(epochs))]
+    settings = dict(epochs=epochs, batch_size=batch, alpha=clf.alpha,
+                    lr=clf.learning_rate_init, rtol=clf.rtol, atol=clf.atol, order=order)
+    return params0, settings
+
+
+def fit_time_table(epochs: int, repeats: int, seed: int = 0) -> list[dict]:
+    X_train, _, y_train, _ = digits_split()
+    X = X_train.astype(np.float32)
+    y = y_train.astype(np.int64)
+    params0, settings = _hand_setup(X, y, epochs, seed)
+
+    cases = {
+        "odeplug torch": lambda: _odeplug_fit("torch", X, y, epochs=epochs, seed=seed),
+        "hand torchdiffeq": lambda: _hand_torch(params0, X, y, **settings),
+        "odeplug jax": lambda: _odeplug_fit("jax", X, y, epochs=epochs, seed=seed),
+        "hand diffrax": lambda: _hand_jax(params0, X, y, **settings),
+    }
+    # Compilation (both batch sizes) and first-call costs, apart: one epoch of each.
+    warm = {}
+    short = dict(settings, epochs=1)
+    warmups = {
+        "odeplug torch": lambda: _odeplug_fit("torch", X, y, epochs=1, seed=seed),
+        "hand torchdiffeq": lambda: _hand_torch(params0, X, y, **short),
+        "odeplug jax": lambda: _odeplug_fit("jax", X, y, epochs=1, seed=seed),
+        "hand diffrax": lambda: _hand_jax(params0, X, y, **short),
+    }
+    for name, run in warmups.items():
+        start = time.perf_counter()
+        run()
+        warm[name] = time.perf_counter() - start
+    times = {name: [] for name in cases}
+    nfe = {}
+    for _ in range(repeats):  # interleaved, so that noise hits every side alike
+        for name, run in cases.items():
+            start = time.perf_counter()
+            nfe[name] = run()
+            times[name].append(time.perf_counter() - start)
+    rows = []
+    for name in cases:
+        rows.append({"loop": name, "median_s": float(np.median(times[name])),
+                     "times": times[name], "first_call_s": warm[name], "nfe": nfe[name]})
+        print(f"  {name:18s} median {np.median(times[name]):7.2f} s  "
+              f"{np.round(times[name], 2).tolist()}  first epoch {warm[name]:.1f} s  "
+              f"NFE/batch {nfe[name]:.1f}", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------- memory
+
+
+def memory_case(engine: str, t1: float, adjoint: bool) -> dict:
+    """Peak memory of one training step of the default architecture on 200 digits, in
+    this (fresh) process, after a warm-up step (compilation, lazy initialisation).
+
+    reference: tracemalloc (NumPy reports its buffers). torch: bytes in use by malloc,
+    sampled at every evaluation of the vector field, forward and backward. jax: XLA's
+    temporary buffers of the compiled step (``memory_analysis``), fixed at compile time.
+    """
+    import odeplug
+
+    X_train, _, y_train, _ = digits_split()
+    clf = odeplug.ODEClassifier(backend=engine, t1=t1, adjoint=adjoint, random_state=0)
+    backend = odeplug.backend.get_backend(engine)
+    X = X_train[:200].astype(backend.default_dtype)
+    y = y_train[:200].astype(np.int64)
+    spec = clf._spec(X.shape[1], 10, backend.default_dtype)
+    params = spec.init_params(0)
+
+    def fresh_step():
+        program = backend.make_program(spec)
+        state = program.init(params, 0)
+        return program, lambda: program.step(state, (X, y))
+
+    program, step = fresh_step()
+    step()  # warm-up
+    program, step = fresh_step()
+    if engine == "reference":
+        measured = _common.peak_memory(engine, step, method="tracemalloc")
+    elif engine == "torch":
+        sampler = _common.MallocSampler()
+        field = program.field
+
+        def sampled_field(t, z, field_params):
+            sampler.sample()
+            return field(t, z, field_params)
+
+        program.field = sampled_field
+        measured = _common.peak_memory(engine, step, method="malloc", sampler=sampler)
+    else:
+        from odeplug_backends.jax import models
+
+        state = program.init(params, 0)
+        compiled = models._train_step(spec).lower(
+            state["params"], state["opt"], X.astype(spec.dtype), y.astype(np.int32)).compile()
+        temp = compiled.memory_analysis().temp_size_in_bytes
+        measured = {"result": step(), "peak_mib": temp / 2**20,
+                    "method": "XLA temp buffers of the compiled step"}
+    _, metrics = measured["result"]
+    return {"engine": engine, "t1": t1, "adjoint": adjoint, "peak_mib": measured["peak_mib"],
+            "method": measured["method"], "nfe_forward": metrics["nfe_forward"],
+            "nfe_backward": metrics["nfe_backward"]}
+
+
+def memory_table(t1s, engines) -> list[dict]:
+    rows = []
+    for engine in engines:
+        for adjoint in (True, False):
+            for t1 in t1s:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--memory-case", engine, str(t1),
+                     str(int(adjoint))], capture_output=True, text=True, check=True)
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(f"  {engine:9s} adjoint={adjoint!s:5s} t1={t1:4g}  "
+                      f"peak {row['peak_mib']:8.2f} MiB ({row['method']})  "
+                      f"NFE fwd {row['nfe_forward']}", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------- report
+
+
+def report(accuracy, fits, memory) -> str:
+    lines = ["## ODEClassifier on digits", "",
+             "`python tests/benchmarks/bench_classifier.py`: stratified 75/25 split of "
+             "`load_digits` (`random_state=0`), standardised; one thread per process.", ""]
+    if accuracy:
+        lines += ["### Test accuracy, default parameters, mean of seeds "
+                  f"{', '.join(map(str, SEEDS))}", "",
+                  "| model | mean accuracy | per seed | fit time (median) |",
+                  "|---|---|---|---|"]
+        for row in accuracy:
+            lines.append(f"| {row['model']} | {row['mean']:.4f} | "
+                         f"{', '.join(f'{s:.4f}' for s in row['scores'])} | "
+                         f"{row['fit_s']:.1f} s |")
+        odes = [r for r in accuracy if r["model"].startswith("ODEClassifier")]
+        met = all(r["mean"] >= 0.98 for r in odes)
+        lines += ["", f"Target >= 0.98 on every engine: **{'met' if met else 'not met'}**.", ""]
+    if fits:
+        by = {r["loop"]: r for r in fits}
+        lines += ["### Fit time against hand-written loops", "",
+                  "Same architecture, initial parameters, minibatches, dopri5 with the "
+                  "estimator's tolerances, adjoint, Adam, same epochs; median of "
+                  "interleaved repeats, first epoch (compilation) apart.", "",
+                  "| loop | median fit | first epoch | NFE per batch |", "|---|---|---|---|"]
+        for row in fits:
+            lines.append(f"| {row['loop']} | {row['median_s']:.2f} s | "
+                         f"{row['first_call_s']:.1f} s | {row['nfe']:.1f} |")
+        ratios = [("odeplug torch / hand torchdiffeq", "odeplug torch", "hand torchdiffeq"),
+                  ("odeplug jax / hand diffrax", "odeplug jax", "hand diffrax"),
+                  ("odeplug jax / hand torchdiffeq", "odeplug jax", "hand torchdiffeq")]
+        lines += ["", "| ratio | value | target |", "|---|---|---|"]
+        for label, a, b in ratios:
+            value = by[a]["median_s"] / by[b]["median_s"]
+            target = "<= 1.05" if "jax / hand torchdiffeq" not in label else "(context)"
+            lines.append(f"| {label} | {value:.3f} | {target} |")
+        lines.append("")
+    if memory:
+        lines += ["### Memory of one training step as t1 grows", "",
+                  "Batch of 200 digits, default architecture, each case in a fresh process "
+                  "(method per engine in the table).", "",
+                  "| engine | gradient | t1 | peak MiB | NFE forward | NFE backward | method |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in memory:
+            lines.append(f"| {row['engine']} | {'adjoint' if row['adjoint'] else 'backprop'} "
+                         f"| {row['t1']:g} | {row['peak_mib']:.2f} | {row['nfe_forward']} | "
+                         f"{row['nfe_backward']} | {row['method']} |")
+        lines.append("")
+        for engine in sorted({r["engine"] for r in memory}):
+            adj = {r["t1"]: r["peak_mib"] for r in memory
+                   if r["engine"] == engine and r["adjoint"]}
+            lo, hi = adj[min(adj)], adj[max(adj)]
+            flat = hi <= 1.10 * lo
+            lines.append(f"- {engine}: adjoint t1={max(adj):g} / t1={min(adj):g} = "
+                         f"{hi / lo:.2f} ({'flat' if flat else 'NOT flat'})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run; writes nothing")
+    parser.add_argument("--only", choices=("accuracy", "fit", "memory"))
+    parser.add_argument("--memory-case", nargs=3, metavar=("ENGINE", "T1", "ADJOINT"))
+    args = parser.parse_args()
+    if args.memory_case:
+        engine, t1, adjoint = args.memory_case
+        print(json.dumps(memory_case(engine, float(t1), bool(int(adjoint)))))
+        return
+
+    quick = args.quick
+    accuracy = fits = memory = None
+    if args.only in (None, "accuracy"):
+        print("accuracy:")
+        accuracy = accuracy_table(SEEDS[:1] if quick else SEEDS)
+    if args.only in (None, "fit"):
+        print("fit time:")
+        fits = fit_time_table(epochs=2 if quick else 10, repeats=1 if quick else 3)
+    if args.only in (None, "memory"):
+        print("memory:")
+        memory = memory_table((1.0, 10.0) if quick else (1.0, 10.0, 50.0), ENGINES)
+    text = report(accuracy, fits, memory)
+    print(text)
+    if not quick:
+        _common.write_section("classifier", text)
+
+
+if __name__ == "__main__":
+    main()
