@@ -109,6 +109,15 @@ class ODENetSpec:
         shapes["head.bias"] = (self.n_outputs,)
         return shapes
 
+    def check_params(self, params: dict) -> None:
+        """Raise ``ValueError`` unless ``params`` has exactly the canonical names and
+        shapes (engines call it on the parameters they are given)."""
+        expected = self.param_shapes()
+        actual = {k: tuple(np.shape(v)) for k, v in params.items()}
+        if actual != expected:
+            raise ValueError(f"parameters of shapes {actual} for an ODE-Net that has "
+                             f"{expected}")
+
     def weight_names(self) -> tuple[str, ...]:
         """Parameters under the L2 penalty."""
         return tuple(name for name in self.param_shapes() if name.endswith(".weight"))

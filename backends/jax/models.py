@@ -183,13 +183,6 @@ class ODENetProgram:
             return jax.enable_x64(True)
         return contextlib.nullcontext()
 
-    def _check_params(self, params: dict[str, Any]) -> None:
-        expected = self.spec.param_shapes()
-        actual = {k: tuple(np.shape(v)) for k, v in params.items()}
-        if actual != expected:
-            raise ValueError(f"parameters of shapes {actual} for an ODE-Net that has "
-                             f"{expected}")
-
     def _arrays(self, params: dict[str, Any], copy: bool = False) -> dict[str, jax.Array]:
         # On CPU, jnp.asarray may share the NumPy array's memory; a training state must
         # not see later changes of the caller's arrays (copy).
@@ -199,7 +192,7 @@ class ODENetProgram:
     # --------------------------------------------------------------- training
 
     def init(self, params: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
-        self._check_params(params)
+        self.spec.check_params(params)
         with self._precision():
             arrays = self._arrays(params, copy=True)
             return {"params": arrays, "opt": _adam(self.spec.optimizer).init(arrays)}
@@ -238,7 +231,7 @@ class ODENetProgram:
         results are dropped), so that predicting on many batch sizes compiles a few
         functions; a row's result does not depend on the other rows of its chunk.
         """
-        self._check_params(params)
+        self.spec.check_params(params)
         X = np.asarray(X, dtype=self.np_dtype)
         n = X.shape[0]
         if n == 0:

@@ -79,15 +79,8 @@ class ODENetProgram:
 
     # --------------------------------------------------------------- training
 
-    def _check_params(self, params: dict[str, Any]) -> None:
-        expected = self.spec.param_shapes()
-        actual = {k: tuple(np.shape(v)) for k, v in params.items()}
-        if actual != expected:
-            raise ValueError(f"parameters of shapes {actual} for an ODE-Net that has "
-                             f"{expected}")
-
     def init(self, params: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
-        self._check_params(params)
+        self.spec.check_params(params)
         tensors = {k: _tensor(params[k], self.np_dtype).requires_grad_(True)
                    for k in self.names}
         opt_spec = self.spec.optimizer
@@ -138,7 +131,7 @@ class ODENetProgram:
         differently from the same row alone (measured: up to 5e-6 apart), and the
         embedding costs ~10 us a row next to the solve's milliseconds.
         """
-        self._check_params(params)
+        self.spec.check_params(params)
         if len(X) == 0:
             empty = {k: np.zeros(0, dtype=np.int64)
                      for k in ("nfe_forward", "n_steps", "n_rejected")}
