@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import os
 
-# Small problems: one thread each, and no XLA thread pool fighting pytest-xdist.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+# Small problems: one thread each, and no XLA thread pool fighting pytest-xdist. The
+# tests compile many small JAX programs (a training step per estimator configuration)
+# and run each briefly: XLA's cheaper optimisation level saves compile time there.
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                      "--xla_backend_optimization_level=0 "
+                      "--xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
