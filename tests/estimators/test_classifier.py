@@ -92,8 +92,6 @@ def test_looser_tolerance_at_predict_costs_fewer_evaluations(engine, fitted):
 
 
 def test_same_random_state_same_predictions(engine):
-    if engine.name == "jax":
-        pytest.skip("covered for reference and torch, as required; see test_jax_*")
     a = small(backend=engine.name, max_iter=10).fit(X_TRAIN, Y_TRAIN)
     b = small(backend=engine.name, max_iter=10).fit(X_TRAIN, Y_TRAIN)
     np.testing.assert_array_equal(a.predict_proba(X_TEST), b.predict_proba(X_TEST))
