@@ -120,5 +120,6 @@ def odeint(
     )
     if backend is None:
         backend = backend_for_array(y0) or resolve_backend_name(None)
-    ys, stats = get_backend(backend).odeint(func, y0, t, args, config)
+    ys, stats = get_backend(backend).odeint(func, y0, t, args, config,
+                                            count_backward=return_stats)
     return (ys, stats) if return_stats else ys

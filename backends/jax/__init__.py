@@ -17,10 +17,10 @@ class JaxBackend(Backend):
     install: ClassVar[str] = 'pip install "odeplug[jax]"'
     array_modules: ClassVar[tuple[str, ...]] = ("jax", "jaxlib")
 
-    def odeint(self, func, y0, t, args, config):
+    def odeint(self, func, y0, t, args, config, *, count_backward=True):
         from .solve import odeint
 
-        return odeint(func, y0, t, args, config)
+        return odeint(func, y0, t, args, config, count_backward=count_backward)
 
     def make_program(self, spec: Any) -> Any:
         from .models import make_program

@@ -32,8 +32,15 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 def dense(params: dict, name: str, x: jax.Array) -> jax.Array:
-    """``x @ W + b`` with the canonical ``{name}.weight`` and ``{name}.bias``."""
-    return x @ params[f"{name}.weight"] + params[f"{name}.bias"]
+    """``x @ W + b`` with the canonical ``{name}.weight`` and ``{name}.bias``.
+
+    At full precision: on NVIDIA GPUs JAX's default float32 product is TF32 (a 10-bit
+    mantissa, relative errors near 1e-3), which would make a model's predictions differ
+    from the reference and torch engines (torch keeps float32 products in float32 by
+    default). CPUs compute in full precision either way.
+    """
+    product = jnp.matmul(x, params[f"{name}.weight"], precision=jax.lax.Precision.HIGHEST)
+    return product + params[f"{name}.bias"]
 
 
 def mlp_field(prefix: str, n_layers: int, activation: str) -> Callable:

@@ -295,8 +295,8 @@ def _summary(result, ys, num_steps, num_accepted, num_rejected):
     return jnp.stack([ok.astype(num_steps.dtype), num_steps, num_accepted, num_rejected])
 
 
-def odeint(func: Callable, y0: Any, t: Any, args: Any,
-           config: ODESolveConfig) -> tuple[jax.Array, ODEStats]:
+def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *,
+           count_backward: bool = True) -> tuple[jax.Array, ODEStats]:
     """Solve ``dy/dt = func(t, y, args)`` with diffrax; see :func:`odeplug.odeint`.
 
     Parameters
@@ -310,6 +310,8 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any,
     args : pytree
         Parameters passed to ``func``.
     config : ODESolveConfig
+    count_backward : bool
+        Ignored: nothing of the backward pass is counted on JAX (see ``stats``).
 
     Returns
     -------

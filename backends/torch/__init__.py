@@ -19,10 +19,10 @@ class TorchBackend(Backend):
     install: ClassVar[str] = 'pip install "odeplug[torch]"'
     array_modules: ClassVar[tuple[str, ...]] = ("torch",)
 
-    def odeint(self, func, y0, t, args, config):
+    def odeint(self, func, y0, t, args, config, *, count_backward=True):
         from .solve import odeint
 
-        return odeint(func, y0, t, args, config)
+        return odeint(func, y0, t, args, config, count_backward=count_backward)
 
     def make_program(self, spec: Any) -> Any:
         from .models import make_program

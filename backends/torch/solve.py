@@ -87,7 +87,8 @@ SOLVERS: dict[str, str] = {
 
 
 def odeint(
-    func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *, check: bool = True
+    func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *, check: bool = True,
+    count_backward: bool = True,
 ) -> tuple[torch.Tensor, ODEStats]:
     """Solve ``dy/dt = func(t, y, args)`` with torchdiffeq; see :func:`odeplug.odeint`.
 
@@ -110,6 +111,10 @@ def odeint(
         tensors it made itself, checks its first solve and passes False after it: then
         ``y0`` and ``t`` must be tensors of one device, ``args`` a pytree of tensors of
         ``y0``'s dtype. A non-finite state still raises :class:`~odeplug.SolverError`.
+    count_backward : bool, default=True
+        Count the VJPs of backpropagation (``adjoint=False``) in ``stats.nfe_backward``,
+        by a tensor hook per evaluation; False skips the hooks (``nfe_backward`` stays
+        0). The adjoint's backward solve is always counted (its cost is nil).
 
     Returns
     -------
@@ -127,7 +132,8 @@ def odeint(
 
     stats = ODEStats()
     s = t if direction > 0 else -t  # torchdiffeq always solves forwards in time
-    field = _Field(func, args, direction, stats, config, s.detach().cpu().numpy())
+    field = _Field(func, args, direction, stats, config, s.detach().cpu().numpy(),
+                   count_vjps=count_backward and config.adjoint is None)
     method = SOLVERS[config.solver]
     if config.adjoint is None:
         options = _solver_options(config, s, backward=False)
@@ -252,8 +258,9 @@ class _Field:
     """
 
     def __init__(self, func: Callable, args: Any, direction: int, stats: ODEStats,
-                 config: ODESolveConfig, s_grid: np.ndarray):
+                 config: ODESolveConfig, s_grid: np.ndarray, count_vjps: bool = False):
         self.func = func
+        self.count_vjps = count_vjps
         self.args = args
         self.direction = direction
         self.stats = stats
@@ -279,7 +286,7 @@ class _Field:
             self.stats.nfe_backward += 1  # one evaluation of the augmented dynamics
             return dy
         self.stats.nfe_forward += 1
-        if self.config.adjoint is None and dy.requires_grad:
+        if self.count_vjps and dy.requires_grad:
             # Backpropagation passes through dy once per VJP of the field: count them
             # (a hook costs a fifth of an autograd.Function per evaluation).
             dy.register_hook(self._count_vjp)

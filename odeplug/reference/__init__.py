@@ -20,10 +20,10 @@ class ReferenceBackend(Backend):
     # predictions independent of how inputs are grouped.
     default_dtype: ClassVar[str] = "float64"
 
-    def odeint(self, func, y0, t, args, config):
+    def odeint(self, func, y0, t, args, config, *, count_backward=True):
         from .solve import odeint
 
-        return odeint(func, y0, t, args, config)
+        return odeint(func, y0, t, args, config, count_backward=count_backward)
 
     def make_program(self, spec: Any) -> Any:
         from .models import make_program

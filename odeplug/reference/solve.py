@@ -390,11 +390,14 @@ def _as_flat_field(func, shape, unflatten, dtype, theta=None, args=None):
     return fun
 
 
-def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig):
+def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *,
+           count_backward: bool = True):
     """Solve ``dy/dt = func(t, y, args)`` with NumPy; see :func:`odeplug.odeint`.
 
     Differentiable with ``autograd`` w.r.t. ``y0``, ``t`` and ``args`` (by the adjoint
     method if ``config.adjoint`` is set, else through the solver's operations).
+    ``count_backward=False`` skips counting the VJPs of backpropagation (an autograd
+    primitive per evaluation); the adjoint's backward solve is always counted.
     """
     y0_val = np.asarray(getval(y0))
     if not isbox(y0):
@@ -435,8 +438,12 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig):
     problem = _Problem(field, config, stats, direction)
     y0_flat = anp.reshape(y0, (-1,))
     if config.adjoint is None:
-        outputs = _integrate(lambda s, y: _count_backward(field(s, y, theta), stats), y0_flat,
-                             t, config, stats, traced=True, direction=direction)
+        if count_backward:
+            traced_field = lambda s, y: _count_backward(field(s, y, theta), stats)  # noqa: E731
+        else:
+            traced_field = lambda s, y: field(s, y, theta)  # noqa: E731
+        outputs = _integrate(traced_field, y0_flat, t, config, stats, traced=True,
+                             direction=direction)
         ys = anp.stack(outputs)
     else:
         ys = _odeint_with_adjoint(y0_flat, t, theta, problem)

@@ -248,8 +248,12 @@ def test_predict_matches_reference(spec):
     else:
         # Hairer's initial step (2), f(t0, y0) (1), then 6 stages a step.
         np.testing.assert_array_equal(stats["nfe_forward"], 3 + 6 * steps)
-        # The same controller: the same steps, but for a rare rounding flip.
-        assert np.mean(stats["n_steps"] == ref_stats["n_steps"]) >= 0.9
+        # The same controller: the same steps, but where a float32 error estimate lies
+        # within rounding of the tolerance. Rare on a CPU; a GPU's float32 tanh and
+        # products round differently from NumPy's, so there more rows differ, by a step.
+        assert np.all(np.abs(stats["n_steps"] - ref_stats["n_steps"]) <= 1)
+        if jax.default_backend() == "cpu":
+            assert np.mean(stats["n_steps"] == ref_stats["n_steps"]) >= 0.9
 
 
 def test_predict_rows_are_independent():
@@ -263,7 +267,11 @@ def test_predict_rows_are_independent():
     assert len(set(stats["nfe_forward"].tolist())) > 2
     for rows in ([0], [3], [2, 3, 4], list(range(15, 0, -2))):
         part, part_stats = program.predict(params, X[rows], spec.solve)
-        np.testing.assert_array_equal(part, full[rows])  # bit for bit
+        if jax.default_backend() == "cpu":
+            np.testing.assert_array_equal(part, full[rows])  # bit for bit
+        else:
+            # A GPU picks its matrix kernels by the chunk's shape: rounding differs.
+            np.testing.assert_allclose(part, full[rows], rtol=1e-5, atol=1e-6)
         for key in stats:
             np.testing.assert_array_equal(part_stats[key], stats[key][rows])
 

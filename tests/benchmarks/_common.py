@@ -6,7 +6,8 @@ the environment variables, so import it before NumPy, torch or JAX. Then:
 
 * :func:`setup_torch`, :func:`setup_jax`: one thread, float64;
 * :func:`mlp_params`, :func:`initial_state`: the benchmark problem, from one seed;
-* :func:`measure`: timeit-style medians, several functions interleaved (ABAB...);
+* :func:`measure`: timeit-style medians, several functions interleaved (ABAB...),
+  and ratios of paired samples (:func:`paired_ratio`);
 * :func:`peak_memory`: peak memory of one call (tracemalloc, malloc or resident size);
 * :func:`reset_peak_rss`, :func:`current_rss`, :func:`peak_rss`: resident memory;
 * :func:`write_section`: a markdown section of ``docs/benchmarks.md`` between markers.
@@ -135,15 +136,42 @@ def _autorange(fn: Callable[[], object], min_time: float, clock: Callable[[], fl
         number = max(number * 2, int(number * 1.2 * min_time / max(elapsed, 1e-9)))
 
 
+class Timings(dict):
+    """Median seconds per call of each function (``timings[name]``), with the samples.
+
+    ``samples[name][i]`` is the ``i``-th round's time of ``name``; one round times every
+    function once, back to back.
+    """
+
+    def __init__(self, samples: dict[str, list[float]]):
+        super().__init__({name: statistics.median(values) for name, values in samples.items()})
+        self.samples = samples
+
+    def ratio(self, a: str, b: str) -> float:
+        """Median over rounds of ``time(a) / time(b)`` within a round.
+
+        On a shared machine the speed of the whole machine drifts by 10-20% over
+        seconds; both sides of one round see the same drift, so the ratio of paired
+        samples is far steadier than the ratio of the two medians.
+        """
+        return paired_ratio(self.samples[a], self.samples[b])
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median of ``a[i] / b[i]``: the ratio of two interleaved series of timings."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
 def measure(fns: dict[str, Callable[[], object]], repeats: int = 7,
             min_time: float = 0.05, warmup: int = 1,
             clock: Callable[[], float] | None = None,
-            budget: float | None = None) -> dict[str, float]:
-    """Median seconds per call of each function.
+            budget: float | None = None) -> Timings:
+    """Median seconds per call of each function, and the paired samples.
 
     timeit-style: warm-up calls, then a number of calls per sample chosen so a sample
-    lasts ``min_time``; ``repeats`` samples of each function, interleaved (A B, then B A,
-    then A B...) so that the noise of a shared machine hits every function alike.
+    lasts ``min_time``; ``repeats`` rounds of one sample of each function, interleaved
+    (A B, then B A, then A B...) so that the noise of a shared machine hits every
+    function alike; :meth:`Timings.ratio` compares two functions round by round.
     ``clock`` defaults to :data:`CLOCK`. ``budget``: at most about that many seconds of
     samples (fewer repeats, but at least 5, for slow functions).
     """
@@ -167,7 +195,7 @@ def measure(fns: dict[str, Callable[[], object]], repeats: int = 7,
             for _ in range(number):
                 fn()
             samples[name].append((clock() - start) / number)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return Timings(samples)
 
 
 # ------------------------------------------------------------------------- memory

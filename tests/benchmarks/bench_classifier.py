@@ -393,7 +393,9 @@ def report(accuracy, fits, memory) -> str:
                   "Same architecture, initial parameters, minibatches, dopri5 with the "
                   "estimator's tolerances, adjoint, Adam, same epochs (10); CPU time "
                   "(process_time: the machine is shared), median of interleaved repeats, "
-                  "first epoch (compilation) apart.", "",
+                  "first epoch (compilation) apart. Ratios: the median over repeats of the "
+                  "ratio within a repeat (paired samples see the same drift of the "
+                  "machine's speed).", "",
                   "| loop | median fit | first epoch | NFE per batch |", "|---|---|---|---|"]
         for row in fits:
             lines.append(f"| {row['loop']} | {row['median_s']:.2f} s | "
@@ -409,7 +411,7 @@ def report(accuracy, fits, memory) -> str:
                   "which follows the reference engine's.", "",
                   "| ratio | value | target |", "|---|---|---|"]
         for label, a, b in ratios:
-            value = by[a]["median_s"] / by[b]["median_s"]
+            value = _common.paired_ratio(by[a]["times"], by[b]["times"])
             target = "<= 1.05" if "jax / hand torchdiffeq" not in label else "(context)"
             lines.append(f"| {label} | {value:.3f} | {target} |")
         lines.append("")

@@ -19,13 +19,15 @@ states of shape ``(batch, D)`` with ``D`` in {2, 32} and ``batch`` in {1, 256}, 
    each engine, adjoint and backprop, each case in a fresh process (target: adjoint flat,
    ``t1=50`` within 10% of ``t1=1``; backprop growing).
 
-Timings are medians of interleaved repeats (A B A B ...) of CPU time of the process (see
-``_common.CLOCK``; ``--wall`` for wall time), compilation and warm-up excluded.
+Timings are medians of interleaved repeats (A B, B A, ...) of CPU time of the process (see
+``_common.CLOCK``; ``--wall`` for wall time), compilation and warm-up excluded; ratios are
+medians of the ratios of paired samples (one round each).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -129,14 +131,14 @@ def bench_reference(settings) -> dict:
                  "odeplug_anp": lambda plug=plug: plug(anp_field)},
                 repeats=settings.repeats, min_time=settings.min_time)
             nfe, nfe_scipy = stats.nfe_forward, sol.nfev
-            per_nfe = (times["odeplug"] / nfe) / (times["scipy"] / nfe_scipy)
-            per_nfe_anp = (times["odeplug_anp"] / nfe) / (times["scipy"] / nfe_scipy)
+            per_nfe = times.ratio("odeplug", "scipy") * nfe_scipy / nfe
+            per_nfe_anp = times.ratio("odeplug_anp", "scipy") * nfe_scipy / nfe
             rows.append({
                 "D": dim, "batch": batch, "nfe": nfe, "nfe_scipy": nfe_scipy,
                 "steps": stats.n_steps, "rejected": stats.n_rejected,
                 "t_odeplug": times["odeplug"], "t_scipy": times["scipy"],
                 "t_odeplug_anp": times["odeplug_anp"],
-                "ratio": times["odeplug"] / times["scipy"], "ratio_per_nfe": per_nfe,
+                "ratio": times.ratio("odeplug", "scipy"), "ratio_per_nfe": per_nfe,
                 "ratio_per_nfe_anp": per_nfe_anp,
                 "diff": float(np.max(np.abs(ys[-1].ravel() - sol.y[:, -1]))),
             })
@@ -152,8 +154,8 @@ def table_reference(result: dict) -> str:
         ["D", "batch", "NFE odeplug", "NFE scipy", "odeplug ms", "scipy ms",
          "ratio per NFE", "ratio overall", "ratio per NFE, `anp` field", "max abs diff"],
         [[r["D"], r["batch"], r["nfe"], r["nfe_scipy"], C.fmt_ms(r["t_odeplug"]),
-          C.fmt_ms(r["t_scipy"]), f"**{r['ratio_per_nfe']:.2f}**", f"{r['ratio']:.2f}",
-          f"{r['ratio_per_nfe_anp']:.2f}", f"{r['diff']:.1e}"] for r in rows])
+          C.fmt_ms(r["t_scipy"]), f"**{r['ratio_per_nfe']:.3f}**", f"{r['ratio']:.3f}",
+          f"{r['ratio_per_nfe_anp']:.3f}", f"{r['diff']:.1e}"] for r in rows])
     worst = max(r["ratio_per_nfe"] for r in rows)
     met = "met" if worst <= 1.0 else "not met"
     return (
@@ -170,7 +172,7 @@ def table_reference(result: dict) -> str:
         "in `autograd.numpy` (what a user writes to get gradients), against the same "
         "scipy time. Max abs diff: `y(t1)` of odeplug vs scipy.\n\n"
         f"{table}\n\n"
-        f"Target: ratio per NFE <= 1.0. Worst case {worst:.2f}: **{met}**.\n"
+        f"Target: ratio per NFE <= 1.0. Worst case {worst:.3f}: **{met}**.\n"
     )
 
 
@@ -195,14 +197,16 @@ def bench_torch(settings) -> dict:
             for q in module.parameters():
                 q.grad = None
 
-        def plug(mode, plug_field=plug_field, y0=y0, t=t, stats_out=None):
+        def plug(mode, plug_field=plug_field, y0=y0, t=t, return_stats=False):
+            # Timed without return_stats, as torchdiffeq counts nothing: odeplug then
+            # skips counting backprop's VJPs (a hook per evaluation).
             clear(plug_field)
-            if mode == "forward":
-                with torch.no_grad():
-                    return odeplug.odeint(plug_field, y0, t, **kw)
-            ys, stats = odeplug.odeint(plug_field, y0, t, adjoint=mode == "adjoint",
-                                       return_stats=True, **kw)
-            ys[-1].pow(2).sum().backward()
+            with torch.no_grad() if mode == "forward" else contextlib.nullcontext():
+                out = odeplug.odeint(plug_field, y0, t, adjoint=mode == "adjoint",
+                                     return_stats=return_stats, **kw)
+            ys, stats = out if return_stats else (out, None)
+            if mode != "forward":
+                ys[-1].pow(2).sum().backward()
             return stats
 
         def direct(mode, direct_field=direct_field, y0=y0, t=t):
@@ -216,17 +220,14 @@ def bench_torch(settings) -> dict:
 
         for mode in ("forward", "backprop", "adjoint"):
             # Evaluations: odeplug's counters; torchdiffeq's by a counting copy (untimed).
-            if mode == "forward":
-                _, stats = odeplug.odeint(plug_field, y0, t, return_stats=True, **kw)
-            else:
-                stats = plug(mode)
+            stats = plug(mode, return_stats=True)
             counter = _count_torch_calls(direct_field, lambda m=mode: direct(m))
             # One call per sample (each takes tens of milliseconds or more): many samples.
             times = C.measure({"odeplug": lambda m=mode: plug(m),
                                "direct": lambda m=mode: direct(m)},
                               repeats=settings.torch_repeats, min_time=0.0,
                               budget=settings.budget)
-            ratio = times["odeplug"] / times["direct"]
+            ratio = times.ratio("odeplug", "direct")
             adjoint = mode == "adjoint"  # backprop: one VJP per forward evaluation
             rows.append({
                 "D": dim, "batch": batch, "mode": mode,
@@ -333,9 +334,9 @@ def bench_jax(settings) -> dict:
                           repeats=settings.repeats, min_time=settings.min_time)
         row = {"D": dim, "batch": batch, "nfe": nfe, "steps": stats.n_steps,
                "rejected": stats.n_rejected, "times": times, "compile_s": compile_s,
-               "ratio": times["plug_jit"] / times["direct_jit"],
-               "ratio_stock": times["plug_jit"] / times["stock_jit"],
-               "ratio_eager": times["plug_eager"] / times["direct_jit"]}
+               "ratio": times.ratio("plug_jit", "direct_jit"),
+               "ratio_stock": times.ratio("plug_jit", "stock_jit"),
+               "ratio_eager": times.ratio("plug_eager", "direct_jit")}
         rows.append(row)
         print(f"  jax D={dim} batch={batch}: jit ratio {row['ratio']:.3f} (stock "
               f"{row['ratio_stock']:.3f}, eager {row['ratio_eager']:.3f})", flush=True)
@@ -355,7 +356,7 @@ def table_torch(result: dict) -> str:
          "torchdiffeq ms", "ratio"],
         [[r["D"], r["batch"], names[r["mode"]], nfe(r, "nfe", "nfe_bwd"),
           nfe(r, "nfe_direct", "nfe_bwd_direct"), C.fmt_ms(r["t_odeplug"]),
-          C.fmt_ms(r["t_direct"]), f"**{r['ratio']:.2f}**"] for r in rows])
+          C.fmt_ms(r["t_direct"]), f"**{r['ratio']:.3f}**"] for r in rows])
     worst = max(r["ratio"] for r in rows)
     met = "met" if worst <= 1.05 else "not met"
     return (
@@ -370,19 +371,15 @@ def table_torch(result: dict) -> str:
         "solve's for the adjoint (odeplug's counters; torchdiffeq's counted by a forward "
         "hook).\n\n"
         f"{table}\n\n"
-        f"Target: ratio <= 1.05. Worst case {worst:.2f}: **{met}**."
-        + ("" if worst <= 1.05 else
-           " odeplug adds a fixed cost per call (its checks of the inputs and of the field, "
-           "one evaluation through `torch.func.functional_call`: about 1 ms) and a small "
-           "cost per step and per evaluation in Python (a wrapper module that counts and "
-           "checks each evaluation, callbacks that check each step size with tensor "
-           "operations, the `step_t=[t1]` option that makes torchdiffeq land exactly on "
-           "`t1`, and with backprop an `autograd.Function` per evaluation that counts the "
-           "VJPs, about 4% at D=2, batch 256): a few percent to 10% where a step is cheap. "
-           "On this shared 2-core machine a single torch case also moves by 10% or more "
-           "between runs (the slowest get few samples), so ratios up to about 1.15 at "
-           "batch 256 are not distinguishable from noise here.")
-        + "\n"
+        f"Target: ratio <= 1.05. Worst case {worst:.3f}: **{met}**. "
+        "What odeplug adds: a fixed cost per call (its checks of the inputs and of the "
+        "field, one evaluation through `torch.func.functional_call`: about 1 ms), and "
+        "per step and per evaluation a little Python (a plain wrapper that counts the "
+        "evaluations, callbacks that check each step size as floats, the `step_t=[t1]` "
+        "option that makes torchdiffeq land exactly on `t1`). Timed without "
+        "`return_stats`: with it, backprop also counts its VJPs by a tensor hook per "
+        "evaluation, about 6% at D=2, batch 1. Single torch cases move by a few percent "
+        "between runs on this shared machine.\n"
     )
 
 
@@ -396,7 +393,7 @@ def table_jax(result: dict) -> str:
           f"{r['nfe']['plug']} / {r['nfe']['direct']} / {r['nfe']['stock']}",
           C.fmt_ms(r["times"]["plug_jit"]), C.fmt_ms(r["times"]["direct_jit"]),
           C.fmt_ms(r["times"]["stock_jit"]), C.fmt_ms(r["times"]["plug_eager"]),
-          f"**{r['ratio']:.2f}**", f"{r['ratio_stock']:.2f}", f"{r['ratio_eager']:.2f}"]
+          f"**{r['ratio']:.3f}**", f"{r['ratio_stock']:.3f}", f"{r['ratio_eager']:.3f}"]
          for r in rows])
     worst = max(r["ratio"] for r in rows)
     met = "met" if worst <= 1.05 else "not met"
@@ -418,7 +415,7 @@ def table_jax(result: dict) -> str:
         "y0) once), 1 + 6 per step for the stock Dopri5. The diffrax sides also return "
         "that step count (a scalar) with the solution.\n\n"
         f"{table}\n\n"
-        f"Target: ratio jit <= 1.05. Worst case {worst:.2f}: **{met}**.\n"
+        f"Target: ratio jit <= 1.05. Worst case {worst:.3f}: **{met}**.\n"
     )
 
 
@@ -659,10 +656,12 @@ def main() -> None:
         "float64, the same weights (one seed) on every engine, built as a Hamiltonian "
         f"flow that keeps oscillating (about {C.OMEGA:g} rad per unit time) so that the "
         "number of steps grows with `t1`; `y0 ~ N(0, 1)` of shape `(batch, D)`; dopri5, "
-        f"rtol {C.RTOL:g}, atol {C.ATOL:g}. Times: medians of interleaved repeats "
-        f"({settings.repeats} samples per side; fewer, at least 5, for the slowest torch "
-        f"cases), {clock} time, warm-up and compilation excluded. The machine is shared "
-        "with other work, so single ratios move by a few percent between runs.\n\n"
+        f"rtol {C.RTOL:g}, atol {C.ATOL:g}. Times: {clock} time, warm-up and compilation "
+        f"excluded, medians of interleaved rounds ({settings.repeats} rounds, each timing "
+        "every side once; fewer, at least 5, for the slowest torch cases). Ratios: the "
+        "median over rounds of the ratio within a round. The machine is shared with other "
+        "work and its speed drifts by 10-20% over seconds; the two sides of a round see "
+        "the same drift, so paired ratios are far steadier than a ratio of medians.\n\n"
         + C.environment() + "\n\n" + "\n".join(sections)
         + f"\nTotal run time: {time.perf_counter() - start:.0f} s.\n"
     )

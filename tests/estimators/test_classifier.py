@@ -100,7 +100,9 @@ def test_same_random_state_same_predictions(engine):
 def test_predict_row_independent(engine, fitted):
     clf = fitted[engine.name]
     full = clf.predict_proba(X_TEST)
-    np.testing.assert_allclose(clf.predict_proba(X_TEST[:7]), full[:7], rtol=1e-7, atol=1e-9)
+    # On a GPU, JAX picks its matrix kernels by the batch's shape: float32 rounding differs.
+    atol = 1e-6 if engine.name == "jax" and engine.jax.default_backend() != "cpu" else 1e-9
+    np.testing.assert_allclose(clf.predict_proba(X_TEST[:7]), full[:7], rtol=1e-7, atol=atol)
 
 
 def test_pickle_and_joblib_round_trip(engine, fitted, tmp_path):
