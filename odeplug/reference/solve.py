@@ -390,6 +390,19 @@ def _as_flat_field(func, shape, unflatten, dtype, theta=None, args=None):
     return fun
 
 
+def _plain_flat_field(func, shape, args, dtype, direction):
+    """``f(s, y_flat)`` on plain arrays, in ``s = direction * t`` (solved forwards)."""
+
+    def forwards(s, y_flat):
+        dy = func(dtype.type(s), y_flat.reshape(shape), args)
+        return dy.reshape(-1) if type(dy) is np.ndarray else np.reshape(dy, -1)
+
+    def backwards(s, y_flat):
+        return -forwards(-s, y_flat)
+
+    return forwards if direction > 0 else backwards
+
+
 def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *,
            count_backward: bool = True):
     """Solve ``dy/dt = func(t, y, args)`` with NumPy; see :func:`odeplug.odeint`.
@@ -423,18 +436,20 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *
     dy0 = np.asarray(dy0)
     check_field_output(dy0.shape, dy0.dtype, shape, dtype)
 
+    traced = isbox(y0) or isbox(t) or isbox(theta)
+    if not traced:
+        # Nothing to differentiate: the plain-NumPy solve, without autograd's wrappers
+        # (a dedicated field: checks for boxes cost a tenth of a small field's evaluation).
+        outputs = _integrate(_plain_flat_field(func, shape, args_val, dtype, direction),
+                             y0.reshape(-1), direction * t, config, stats, traced=False,
+                             direction=direction)
+        return np.stack(outputs).reshape((t_val.shape[0],) + shape), stats
     field = _as_flat_field(func, shape, unflatten, dtype, theta_val, args_val)
     if direction < 0:
         # Solve forwards in s = -t: dy/ds = -f(-s, y).
         base_field = field
         field = lambda s, y, th: -base_field(-s, y, th)  # noqa: E731
         t = -t
-    traced = isbox(y0) or isbox(t) or isbox(theta)
-    if not traced:
-        # Nothing to differentiate: the plain-NumPy solve, without autograd's wrappers.
-        outputs = _integrate(lambda s, y: field(s, y, theta), y0.reshape(-1), t, config,
-                             stats, traced=False, direction=direction)
-        return np.stack(outputs).reshape((t_val.shape[0],) + shape), stats
     problem = _Problem(field, config, stats, direction)
     y0_flat = anp.reshape(y0, (-1,))
     if config.adjoint is None:
@@ -543,18 +558,15 @@ def odeint_rows(func: Callable, y0: np.ndarray, t: np.ndarray, args: Any,
     t = np.asarray(t, dtype=np.float64)
     direction = check_time_grid(t)
     theta, unflatten = flatten_args(args)
-    field = _as_flat_field(func, (1, y0.shape[1]), unflatten, y0.dtype)
-    if direction < 0:
-        base_field = field
-        field = lambda s, y, th: -base_field(-s, y, th)  # noqa: E731
-        t = -t
+    field = _plain_flat_field(func, (1, y0.shape[1]), unflatten(theta), y0.dtype, direction)
+    s = direction * t
     ys = np.empty((len(t),) + y0.shape, dtype=y0.dtype)
     counters = {name: np.zeros(len(y0), dtype=np.int64)
                 for name in ("nfe_forward", "n_steps", "n_rejected")}
     for i, row in enumerate(y0):
         stats = ODEStats()
-        outputs = _integrate(lambda s, y: field(s, y, theta), row.copy(), t, config, stats,
-                             traced=False, direction=direction)
+        outputs = _integrate(field, row.copy(), s, config, stats, traced=False,
+                             direction=direction)
         ys[:, i] = np.stack(outputs)
         for name in counters:
             counters[name][i] = getattr(stats, name)
