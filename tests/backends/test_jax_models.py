@@ -28,6 +28,7 @@ from odeplug._solver_options import make_solve_config  # noqa: E402
 from odeplug._specs import ODENetSpec, OptimizerSpec  # noqa: E402
 from odeplug.reference.models import make_program as reference_program  # noqa: E402
 from odeplug.reference.nn import activations  # noqa: E402
+from tests.backends.programs import assert_first_step_matches, make_batch  # noqa: E402
 
 RK4 = dict(solver="rk4", step_size=0.25)
 DOPRI5 = dict(solver="dopri5", rtol=1e-5, atol=1e-7)
@@ -51,11 +52,6 @@ SPEC_DOPRI5 = _spec(make_solve_config(**DOPRI5, adjoint=True, max_num_steps=64),
                     augment_dim=0, field_hidden=(8, 8))
 
 
-def _batch(n=24, seed=1, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 5)).astype(dtype), rng.integers(0, 3, n)
-
-
 def _stiff(params, factor=30.0):
     """Parameters whose field needs far more than 64 steps."""
     return {k: v * factor if k.startswith("field.") else v for k, v in params.items()}
@@ -64,7 +60,7 @@ def _stiff(params, factor=30.0):
 def _one_step(spec, seed=0):
     """(metrics, first moments, updated params) of one step on each engine."""
     params = spec.init_params(seed)
-    batch = _batch(dtype=spec.dtype)
+    batch = make_batch(dtype=spec.dtype)
     out = {}
     for name, program in (("jax", make_program(spec)), ("reference", reference_program(spec))):
         state = program.init(params, seed)
@@ -79,22 +75,14 @@ def _one_step(spec, seed=0):
 
 def _assert_step_matches(spec, loss_rtol, moment_rtol, param_rtol, param_atol):
     out = _one_step(spec)
-    (metrics, moments, params), (ref_metrics, ref_moments, ref_params) = (
-        out["jax"], out["reference"])
-    assert isinstance(metrics["loss"], float)
-    assert metrics["loss"] == pytest.approx(ref_metrics["loss"], rel=loss_rtol)
+    assert_first_step_matches(out["jax"], out["reference"], spec, loss_rtol=loss_rtol,
+                              moment_rtol=moment_rtol, moment_atol=0.1 * moment_rtol,
+                              param_rtol=param_rtol, param_atol=param_atol)
+    metrics, ref_metrics = out["jax"][0], out["reference"][0]
     # The engine counts f(t0, y0) of FSAL solvers once more than the reference.
     assert isinstance(metrics["nfe_forward"], int)
     assert metrics["nfe_forward"] == ref_metrics["nfe_forward"] + 1
     assert metrics["nfe_backward"] is None  # diffrax does not report it
-    for key in spec.param_shapes():
-        # Adam's first moment after one step is (1 - beta1) * gradient.
-        scale = np.abs(ref_moments[key]).max() + 1e-6
-        np.testing.assert_allclose(moments[key], ref_moments[key], rtol=moment_rtol,
-                                   atol=moment_rtol * 0.1 * scale, err_msg=key)
-        np.testing.assert_allclose(params[key], ref_params[key], rtol=param_rtol,
-                                   atol=param_atol, err_msg=key)
-        assert params[key].dtype == np.dtype(spec.dtype)
 
 
 # ------------------------------------------------------------- one training step
@@ -119,7 +107,7 @@ def test_metrics_and_state():
     assert not np.any(np.asarray(state["params"]["embed.weight"]) == 7.0)
     losses = []
     for _ in range(2):
-        state, metrics = program.step(state, _batch())
+        state, metrics = program.step(state, make_batch())
         assert set(metrics) == {"loss", "nfe_forward", "nfe_backward"}
         losses.append(metrics["loss"])
     assert losses[1] < losses[0]
@@ -133,7 +121,7 @@ def test_compiled_functions_are_shared_by_equal_specs():
     # The estimator builds a new program per fit and per prediction: the compilations
     # live at module level, keyed by the spec, so an equal spec (a refit, a clone in a
     # grid search) traces nothing anew.
-    X, y = _batch()
+    X, y = make_batch()
 
     def fit_and_predict(spec, seed):
         program = make_program(spec)
@@ -156,7 +144,7 @@ def test_failed_solve_in_step_raises_solver_error():
     # failed.
     program = make_program(SPEC_DOPRI5)
     with pytest.raises(SolverError, match="max_num_steps=64 exceeded") as info:
-        program.step(program.init(_stiff(SPEC_DOPRI5.init_params(0)), 0), _batch())
+        program.step(program.init(_stiff(SPEC_DOPRI5.init_params(0)), 0), make_batch())
     assert info.value.reason == "max_num_steps"
 
 
@@ -184,7 +172,7 @@ def test_non_finite_parameters_give_a_non_finite_loss():
     program = make_program(SPEC_RK4)
     params = SPEC_RK4.init_params(0)
     params["embed.bias"][0] = np.nan
-    _, metrics = program.step(program.init(params, 0), _batch(dtype=np.float64))
+    _, metrics = program.step(program.init(params, 0), make_batch(dtype=np.float64))
     assert np.isnan(metrics["loss"])
 
 
@@ -203,7 +191,7 @@ def test_float64_runs_in_float64_without_global_x64():
     # A model fitted on the reference engine (float64) predicts and trains on JAX in
     # float64, whatever the user's jax_enable_x64 (the program enables it per call).
     params = SPEC_RK4.init_params(0)
-    X, y = _batch(dtype=np.float64)  # the shapes of the other tests: no new compilation
+    X, y = make_batch(dtype=np.float64)  # the shapes of the other tests: no new compilation
     with jax.enable_x64(False):
         program = make_program(SPEC_RK4)
         state, _ = program.step(program.init(params, 0), (X, y))
@@ -231,7 +219,7 @@ def test_activations_match_reference():
 @pytest.mark.parametrize("spec", [SPEC_RK4, SPEC_DOPRI5], ids=["rk4-float64", "dopri5"])
 def test_predict_matches_reference(spec):
     params = spec.init_params(2)
-    X, _ = _batch(16, seed=4, dtype=spec.dtype)
+    X, _ = make_batch(16, seed=4, dtype=spec.dtype)
     log_proba, stats = make_program(spec).predict(params, X, spec.solve)
     ref_log_proba, ref_stats = reference_program(spec).predict(params, X, spec.solve)
     assert log_proba.dtype == np.dtype(spec.dtype) and log_proba.shape == (16, 3)
@@ -261,7 +249,7 @@ def test_predict_rows_are_independent():
     # A stronger field: rows need different numbers of steps, which must not leak into
     # each other, in chunks padded to 16 rows and to 8.
     params = _stiff(spec.init_params(0), 3.0)
-    X, _ = _batch(16, seed=7)
+    X, _ = make_batch(16, seed=7)
     program = make_program(spec)
     full, stats = program.predict(params, X, spec.solve)
     assert len(set(stats["nfe_forward"].tolist())) > 2
@@ -280,7 +268,7 @@ def test_predict_reads_the_solve_config_and_fails_with_solver_error():
     spec = SPEC_DOPRI5
     # float64 parameters (of a float64 fit, say) run in the program's float32.
     params = {k: v.astype(np.float64) for k, v in spec.init_params(0).items()}
-    X = _batch(16)[0]
+    X = make_batch(16)[0]
     program = make_program(spec)
     log_proba, _ = program.predict(params, X, spec.solve)
     assert log_proba.dtype == np.float32

@@ -24,6 +24,7 @@ from odeplug import ODEClassifier, SolverError  # noqa: E402
 from odeplug._solver_options import make_solve_config  # noqa: E402
 from odeplug._specs import ODENetSpec, OptimizerSpec  # noqa: E402
 from odeplug.reference.models import make_program as reference_program  # noqa: E402
+from tests.backends.programs import assert_first_step_matches, make_batch  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::sklearn.exceptions.ConvergenceWarning")
@@ -42,15 +43,10 @@ def _spec(solve=None, *, activation="tanh", field_activation="tanh", augment_dim
                       dtype="float32")
 
 
-def _batch(n=24, seed=1):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 5)).astype(np.float32), rng.integers(0, 3, n)
-
-
 def _one_step(spec, seed=0):
     """(loss, first moments, updated params) of one step on each engine."""
     params = spec.init_params(seed)
-    batch = _batch()
+    batch = make_batch()
     out = {}
     for name, program in (("torch", make_program(spec)), ("reference", reference_program(spec))):
         state = program.init(params, seed)
@@ -76,33 +72,18 @@ def test_step_matches_reference_rk4(adjoint, activation, field_activation):
     spec = _spec(make_solve_config(**RK4, adjoint=adjoint), activation=activation,
                  field_activation=field_activation)
     out = _one_step(spec)
-    (metrics, moments, params), (ref_metrics, ref_moments, ref_params) = (
-        out["torch"], out["reference"])
-    assert metrics["loss"] == pytest.approx(ref_metrics["loss"], rel=1e-6)
-    assert isinstance(metrics["loss"], float)
-    for key in spec.param_shapes():
-        # Adam's first moment after one step is (1 - beta1) * gradient.
-        scale = np.abs(ref_moments[key]).max() + 1e-6
-        np.testing.assert_allclose(moments[key], ref_moments[key], rtol=1e-4,
-                                   atol=1e-5 * scale, err_msg=key)
-        np.testing.assert_allclose(params[key], ref_params[key], rtol=1e-5, atol=1e-6,
-                                   err_msg=key)
-        assert params[key].dtype == np.float32
+    assert_first_step_matches(out["torch"], out["reference"], spec, loss_rtol=1e-6,
+                              moment_rtol=1e-4, moment_atol=1e-5, param_rtol=1e-5,
+                              param_atol=1e-6)
 
 
 @pytest.mark.parametrize("field_hidden", [(), (5, 4)], ids=["linear-field", "two-hidden"])
 def test_step_matches_reference_field_depths(field_hidden):
     spec = _spec(make_solve_config(**RK4, adjoint=True), field_hidden=field_hidden)
     out = _one_step(spec)
-    (metrics, moments, params), (ref_metrics, ref_moments, ref_params) = (
-        out["torch"], out["reference"])
-    assert metrics["loss"] == pytest.approx(ref_metrics["loss"], rel=1e-6)
-    for key in spec.param_shapes():
-        scale = np.abs(ref_moments[key]).max() + 1e-6
-        np.testing.assert_allclose(moments[key], ref_moments[key], rtol=1e-4,
-                                   atol=1e-5 * scale, err_msg=key)
-        np.testing.assert_allclose(params[key], ref_params[key], rtol=1e-5, atol=1e-6,
-                                   err_msg=key)
+    assert_first_step_matches(out["torch"], out["reference"], spec, loss_rtol=1e-6,
+                              moment_rtol=1e-4, moment_atol=1e-5, param_rtol=1e-5,
+                              param_atol=1e-6)
 
 
 @pytest.mark.parametrize("adjoint", [True, False], ids=["adjoint", "backprop"])
@@ -110,22 +91,17 @@ def test_step_matches_reference_dopri5(adjoint):
     spec = _spec(make_solve_config(**DOPRI5, adjoint=adjoint), augment_dim=0,
                  field_hidden=(8, 8))
     out = _one_step(spec)
-    (metrics, moments, params), (ref_metrics, ref_moments, ref_params) = (
-        out["torch"], out["reference"])
-    assert metrics["loss"] == pytest.approx(ref_metrics["loss"], rel=1e-5)
-    for key in spec.param_shapes():
-        scale = np.abs(ref_moments[key]).max() + 1e-6
-        np.testing.assert_allclose(moments[key], ref_moments[key], rtol=1e-3,
-                                   atol=1e-3 * scale, err_msg=key)
-        np.testing.assert_allclose(params[key], ref_params[key], rtol=1e-4, atol=1e-5,
-                                   err_msg=key)
+    assert_first_step_matches(out["torch"], out["reference"], spec, loss_rtol=1e-5,
+                              moment_rtol=1e-3, moment_atol=1e-3, param_rtol=1e-4,
+                              param_atol=1e-5)
+    metrics = out["torch"][0]
     assert metrics["nfe_forward"] > 0 and metrics["nfe_backward"] > 0
 
 
 def test_several_steps_track_reference():
     spec = _spec(make_solve_config(**DOPRI5, adjoint=True), learning_rate=1e-3)
     params = spec.init_params(3)
-    X, y = _batch(40, seed=5)
+    X, y = make_batch(40, seed=5)
     programs = [make_program(spec), reference_program(spec)]
     states = [p.init(params, 3) for p in programs]
     for i in range(5):
@@ -150,7 +126,7 @@ def test_metrics_and_state():
     params["embed.weight"][:] = 7.0  # init copied the caller's arrays
     assert not torch.any(state["params"]["embed.weight"] == 7.0)
     for _ in range(2):  # the first solve is checked, the next is not: same counters
-        state, metrics = program.step(state, _batch())
+        state, metrics = program.step(state, make_batch())
         assert set(metrics) == {"loss", "nfe_forward", "nfe_backward"}
         assert all(isinstance(metrics[k], int) and metrics[k] > 0
                    for k in ("nfe_forward", "nfe_backward"))
@@ -167,11 +143,11 @@ def test_non_finite_parameters_raise_solver_error():
         spec = _spec(make_solve_config(**solver, adjoint=True))
         program = make_program(spec)
         state = program.init(spec.init_params(0), 0)
-        state, _ = program.step(state, _batch())
+        state, _ = program.step(state, make_batch())
         with torch.no_grad():
             state["params"]["embed.bias"][0] = float("nan")
         with pytest.raises(SolverError):
-            program.step(state, _batch())
+            program.step(state, make_batch())
 
 
 def test_init_checks_shapes_and_other_specs_are_refused():
@@ -194,7 +170,7 @@ def test_predict_matches_reference(solver):
     solve = make_solve_config(**solver, adjoint=True)
     spec = _spec(solve)
     params = spec.init_params(2)
-    X, _ = _batch(30, seed=4)
+    X, _ = make_batch(30, seed=4)
     log_proba, stats = make_program(spec).predict(params, X, solve)
     ref_log_proba, ref_stats = reference_program(spec).predict(params, X, solve)
     assert log_proba.dtype == np.float32 and log_proba.shape == (30, 3)
@@ -218,7 +194,7 @@ def test_predict_rows_are_independent():
     # which must not leak into each other.
     params = {k: v * 3 if k.startswith("field.") else v
               for k, v in spec.init_params(0).items()}
-    X, _ = _batch(25, seed=7)
+    X, _ = make_batch(25, seed=7)
     program = make_program(spec)
     full, stats = program.predict(params, X, solve)
     assert len(set(stats["nfe_forward"].tolist())) > 2
@@ -253,7 +229,7 @@ def test_odeint_rows_solves_each_row_alone():
 def test_predict_reads_the_solver_settings_and_accepts_float64_params():
     spec = _spec(make_solve_config("dopri5", rtol=1e-3, atol=1e-4, adjoint=True))
     params = {k: v.astype(np.float64) for k, v in spec.init_params(0).items()}
-    X = _batch(10)[0] * 5
+    X = make_batch(10)[0] * 5
     program = make_program(spec)
     loose = program.predict(params, X, make_solve_config("dopri5", rtol=1e-1, atol=1e-1))
     tight = program.predict(params, X, make_solve_config("dopri5", rtol=1e-7, atol=1e-8))

@@ -370,14 +370,18 @@ def memory_table(t1s, engines) -> list[dict]:
 # ------------------------------------------------------------------------- report
 
 
-def report(accuracy, fits, memory) -> str:
+def report(parts: dict) -> str:
+    """The markdown section; ``parts`` maps "accuracy", "fits", "memory" to the
+    ``{"run": environment line, "rows": [...]}`` of the run that measured each."""
     lines = ["## ODEClassifier on digits", "",
              "`python tests/benchmarks/bench_classifier.py`: stratified 75/25 split of "
-             "`load_digits` (`random_state=0`), standardised; one thread per process.", "",
-             _common.environment(), ""]
+             "`load_digits` (`random_state=0`), standardised; one thread per process. "
+             "Each part below says when it was run (`--only` reruns one part).", ""]
+    accuracy, fits, memory = (parts.get(k, {}).get("rows") for k in
+                              ("accuracy", "fits", "memory"))
     if accuracy:
         lines += ["### Test accuracy, default parameters, mean of seeds "
-                  f"{', '.join(map(str, SEEDS))}", "",
+                  f"{', '.join(map(str, SEEDS))}", "", parts["accuracy"]["run"], "",
                   "| model | mean accuracy | per seed | fit time (median, wall clock) |",
                   "|---|---|---|---|"]
         for row in accuracy:
@@ -389,7 +393,7 @@ def report(accuracy, fits, memory) -> str:
         lines += ["", f"Target >= 0.98 on every engine: **{'met' if met else 'not met'}**.", ""]
     if fits:
         by = {r["loop"]: r for r in fits}
-        lines += ["### Fit time against hand-written loops", "",
+        lines += ["### Fit time against hand-written loops", "", parts["fits"]["run"], "",
                   "Same architecture, initial parameters, minibatches, dopri5 with the "
                   "estimator's tolerances, adjoint, Adam, same epochs (10); CPU time "
                   "(process_time: the machine is shared), median of interleaved repeats, "
@@ -416,7 +420,8 @@ def report(accuracy, fits, memory) -> str:
             lines.append(f"| {label} | {value:.3f} | {target} |")
         lines.append("")
     if memory:
-        lines += ["### Memory of one training step as t1 grows", "",
+        lines += ["### Memory of one training step as t1 grows", "", parts["memory"]["run"],
+                  "",
                   "Batch of 200 digits, default architecture, each case in a fresh process "
                   "after a warm-up step. reference: `tracemalloc` (NumPy reports its "
                   "buffers); torch: bytes in use by `malloc` (`mallinfo2`) sampled at every "
@@ -467,15 +472,16 @@ def main() -> None:
     if args.only in (None, "memory"):
         print("memory:")
         memory = memory_table((1.0, 10.0) if quick else (1.0, 10.0, 50.0), ENGINES)
+    run = _common.environment()
+    parts = {key: {"run": run, "rows": rows}
+             for key, rows in (("accuracy", accuracy), ("fits", fits), ("memory", memory))
+             if rows is not None}
     if not quick:
-        # Each part's last results, so that --only reruns one and keeps the others.
+        # Each part's last results and run, so that --only reruns one and keeps the others.
         saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        for key, value in (("accuracy", accuracy), ("fits", fits), ("memory", memory)):
-            if value is not None:
-                saved[key] = value
-        RESULTS.write_text(json.dumps(saved, indent=1))
-        accuracy, fits, memory = (saved.get(k) for k in ("accuracy", "fits", "memory"))
-    text = report(accuracy, fits, memory)
+        parts = {**saved, **parts}
+        RESULTS.write_text(json.dumps(parts, indent=1))
+    text = report(parts)
     print(text)
     if not quick:
         _common.write_section("classifier", text)

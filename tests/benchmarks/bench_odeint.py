@@ -148,6 +148,12 @@ def bench_reference(settings) -> dict:
     return {"rows": rows}
 
 
+def _verdict(name: str, ratios: list[float], target: float) -> str:
+    worst = max(ratios)
+    met = "met" if worst <= target else "not met"
+    return f"Target: {name} <= {target}. Worst case {worst:.3f}: **{met}**."
+
+
 def table_reference(result: dict) -> str:
     rows = result["rows"]
     table = C.markdown_table(
@@ -156,8 +162,6 @@ def table_reference(result: dict) -> str:
         [[r["D"], r["batch"], r["nfe"], r["nfe_scipy"], C.fmt_ms(r["t_odeplug"]),
           C.fmt_ms(r["t_scipy"]), f"**{r['ratio_per_nfe']:.3f}**", f"{r['ratio']:.3f}",
           f"{r['ratio_per_nfe_anp']:.3f}", f"{r['diff']:.1e}"] for r in rows])
-    worst = max(r["ratio_per_nfe"] for r in rows)
-    met = "met" if worst <= 1.0 else "not met"
     return (
         "### Reference engine vs `scipy.integrate.solve_ivp(RK45)`\n\n"
         f"`odeplug.odeint` on NumPy arrays (the plain-NumPy path of the reference engine: "
@@ -172,7 +176,7 @@ def table_reference(result: dict) -> str:
         "in `autograd.numpy` (what a user writes to get gradients), against the same "
         "scipy time. Max abs diff: `y(t1)` of odeplug vs scipy.\n\n"
         f"{table}\n\n"
-        f"Target: ratio per NFE <= 1.0. Worst case {worst:.3f}: **{met}**.\n"
+        + _verdict("ratio per NFE", [r["ratio_per_nfe"] for r in rows], 1.0) + "\n"
     )
 
 
@@ -357,8 +361,6 @@ def table_torch(result: dict) -> str:
         [[r["D"], r["batch"], names[r["mode"]], nfe(r, "nfe", "nfe_bwd"),
           nfe(r, "nfe_direct", "nfe_bwd_direct"), C.fmt_ms(r["t_odeplug"]),
           C.fmt_ms(r["t_direct"]), f"**{r['ratio']:.3f}**"] for r in rows])
-    worst = max(r["ratio"] for r in rows)
-    met = "met" if worst <= 1.05 else "not met"
     return (
         "### torch: `odeplug.odeint` vs `torchdiffeq`\n\n"
         "`odeplug.odeint(module, y0, t, rtol, atol)` (engine inferred from the tensor; the "
@@ -371,7 +373,7 @@ def table_torch(result: dict) -> str:
         "solve's for the adjoint (odeplug's counters; torchdiffeq's counted by a forward "
         "hook).\n\n"
         f"{table}\n\n"
-        f"Target: ratio <= 1.05. Worst case {worst:.3f}: **{met}**. "
+        + _verdict("ratio", [r["ratio"] for r in rows], 1.05) + " "
         "What odeplug adds: a fixed cost per call (its checks of the inputs and of the "
         "field, one evaluation through `torch.func.functional_call`: about 0.2 ms), and "
         "per step and per evaluation a little Python (a plain wrapper that counts the "
@@ -395,8 +397,6 @@ def table_jax(result: dict) -> str:
           C.fmt_ms(r["times"]["stock_jit"]), C.fmt_ms(r["times"]["plug_eager"]),
           f"**{r['ratio']:.3f}**", f"{r['ratio_stock']:.3f}", f"{r['ratio_eager']:.3f}"]
          for r in rows])
-    worst = max(r["ratio"] for r in rows)
-    met = "met" if worst <= 1.05 else "not met"
     return (
         "### JAX: `odeplug.odeint` vs `diffrax.diffeqsolve`\n\n"
         "The forward solve, each side wrapped in `jax.jit` by the user (compilation "
@@ -415,7 +415,7 @@ def table_jax(result: dict) -> str:
         "y0) once), 1 + 6 per step for the stock Dopri5. The diffrax sides also return "
         "that step count (a scalar) with the solution.\n\n"
         f"{table}\n\n"
-        f"Target: ratio jit <= 1.05. Worst case {worst:.3f}: **{met}**.\n"
+        + _verdict("ratio jit", [r["ratio"] for r in rows], 1.05) + "\n"
     )
 
 
