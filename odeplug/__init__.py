@@ -4,6 +4,7 @@ The public API is re-exported here from private modules.
 """
 
 from ._config import config_context, get_config, set_config
+from ._constant import Constant
 from ._odeint import odeint
 from ._solver_options import (
     ADAPTIVE_SOLVERS,
@@ -28,6 +29,7 @@ __all__ = [
     "BackendInfo",
     "BackendNotAvailableError",
     "BacksolveAdjoint",
+    "Constant",
     "ODEClassifier",
     "ODESolveConfig",
     "ODEStats",
