@@ -1,63 +1,223 @@
 """Model specs: what a backend needs to build a model family's program.
 
-A spec is a frozen dataclass of plain values (hashable, so JAX can compile against it).
-It defines the canonical parameters once, here: their names, shapes and initial values.
-Every backend computes the same function of the same ``dict[str, numpy.ndarray]``, so a
-model fitted on one engine predicts on any other, and persistence needs no pickle of
-engine objects.
+A spec is a frozen dataclass of plain values that fix the *shapes* of the computation
+(sizes, activations, dtype, the kind of trace estimator...), so that it is hashable and
+JAX compiles once per spec. It defines the canonical parameter table once, here: names,
+shapes and one initialiser per parameter. Every backend computes the same function of
+the same ``dict[str, numpy.ndarray]``, so a model fitted on one engine predicts on any
+other, and model files need no pickle.
 
-Program contract (``Backend.make_program(spec)`` returns an object with):
-
-``init(params, seed) -> state``
-    Engine training state (parameters, optimiser state, random keys) from canonical
-    NumPy parameters.
-``step(state, batch) -> (state, metrics)``
-    One optimiser step on a minibatch (tuple of NumPy arrays); ``metrics`` holds floats
-    ``loss``, ``nfe_forward`` and ``nfe_backward`` (None where the engine cannot tell).
-``get_params(state) -> dict[str, numpy.ndarray]``
-    Canonical parameters of a training state.
-``predict(params, inputs, solve) -> (outputs, stats)``
-    Inference with canonical parameters and an ``ODESolveConfig`` read at call time;
-    ``outputs`` is NumPy, ``stats`` a dict of ``nfe_forward``, ``n_steps``, ``n_rejected``.
+What changes only *values* (learning rate, ``alpha``, tolerances, ``t1``, regulariser
+weights) is not in the spec but in a :class:`Hyper`, passed to every program call: on
+JAX those values are traced inputs of the compiled functions, never constants baked into
+them, so a hyperparameter grid shares one compilation per architecture and batch shape.
+The program contract itself is in :mod:`odeplug._protocols`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ._solver_options import ODESolveConfig
 
-__all__ = ["ACTIVATIONS", "OptimizerSpec", "ODENetSpec", "glorot_uniform"]
+__all__ = [
+    "ACTIVATIONS",
+    "Fill",
+    "GlorotUniform",
+    "Hyper",
+    "ModelSpec",
+    "Normal",
+    "ODENetSpec",
+    "Orthogonal",
+    "Param",
+    "Zeros",
+    "dense_params",
+]
 
 ACTIVATIONS = ("tanh", "relu", "softplus", "logistic", "identity")
 
 
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """Adam (Kingma & Ba 2015) with an L2 penalty ``0.5 * alpha * sum(W**2) / batch_size``
-    on the weights (not the biases), as scikit-learn's ``MLPClassifier``."""
+# ----------------------------------------------------------------- initialisers
+# Each draws from the spec's NumPy generator in the order of the parameter table, so a
+# seed gives the same parameters on every engine.
 
+
+@dataclass(frozen=True)
+class GlorotUniform:
+    """``U(-b, b)`` with ``b = sqrt(factor / (fan_in + fan_out))`` (Glorot & Bengio 2010).
+
+    scikit-learn's MLP draws weights *and* biases so, with ``factor`` 6, or 2 for the
+    logistic activation; odeplug follows it, so ``ODEClassifier`` starts where
+    ``MLPClassifier`` would.
+    """
+
+    fan_in: int
+    fan_out: int
+    factor: float = 6.0
+
+    def __call__(self, rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:
+        bound = math.sqrt(self.factor / (self.fan_in + self.fan_out))
+        return rng.uniform(-bound, bound, shape).astype(dtype)
+
+
+@dataclass(frozen=True)
+class Orthogonal:
+    """Orthogonal blocks, for recurrent weights (Saxe et al. 2014).
+
+    A weight of shape ``(n, blocks * n)`` (a GRU's three gates side by side) gets one
+    independent orthogonal ``(n, n)`` block per gate, as torch and Keras initialise
+    recurrent kernels; ``blocks=1`` and a non-square shape give orthonormal columns or
+    rows. Signs are fixed by the diagonal of R, so the draw is uniform (Haar).
+    """
+
+    blocks: int = 1
+    gain: float = 1.0
+
+    def __call__(self, rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:
+        rows, cols = shape
+        width = cols // self.blocks
+        out = []
+        for _ in range(self.blocks):
+            a = rng.standard_normal((max(rows, width), min(rows, width)))
+            q, r = np.linalg.qr(a)
+            q = q * np.sign(np.diag(r))
+            out.append(q if rows >= width else q.T)
+        return (self.gain * np.concatenate(out, axis=1)).astype(dtype)
+
+
+@dataclass(frozen=True)
+class Normal:
+    """``N(0, std**2)`` entries."""
+
+    std: float
+
+    def __call__(self, rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:
+        return (self.std * rng.standard_normal(shape)).astype(dtype)
+
+
+@dataclass(frozen=True)
+class Fill:
+    """Every entry ``value`` (a log noise scale, a gate bias); draws nothing."""
+
+    value: float
+
+    def __call__(self, rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:
+        return np.full(shape, self.value, dtype=dtype)
+
+
+def Zeros() -> Fill:  # noqa: N802 (reads as an initialiser, as the others)
+    """Every entry 0."""
+    return Fill(0.0)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One entry of a spec's parameter table.
+
+    ``penalized``: under the L2 penalty ``0.5 * alpha * sum(W**2) / batch_size``
+    (weights, not biases, as scikit-learn's MLP).
+    """
+
+    shape: tuple[int, ...]
+    init: Any
+    penalized: bool = False
+
+
+def dense_params(name: str, fan_in: int, fan_out: int, *, factor: float = 6.0,
+                 penalized: bool = True) -> dict[str, Param]:
+    """``{name}.weight`` of shape ``(fan_in, fan_out)`` (applied as ``x @ W + b``) and
+    ``{name}.bias``, Glorot-initialised as scikit-learn's MLP."""
+    init = GlorotUniform(fan_in, fan_out, factor)
+    return {f"{name}.weight": Param((fan_in, fan_out), init, penalized=penalized),
+            f"{name}.bias": Param((fan_out,), init)}
+
+
+def glorot_factor(activation: str) -> float:
+    """scikit-learn's factor: 2 for the logistic activation, else 6."""
+    return 2.0 if activation == "logistic" else 6.0
+
+
+# ------------------------------------------------------------------------ specs
+
+
+class ModelSpec:
+    """Base of the model specs (each a frozen dataclass with a ``dtype`` field).
+
+    Subclasses define :meth:`param_table`; everything else about the canonical
+    parameters (shapes, initial values, checks, the penalised names) follows from it.
+    """
+
+    family: ClassVar[str] = ""
+    dtype: str
+
+    def param_table(self) -> dict[str, Param]:
+        """Canonical parameters in a fixed order: name -> :class:`Param`."""
+        raise NotImplementedError
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: p.shape for name, p in self.param_table().items()}
+
+    def penalized_names(self) -> tuple[str, ...]:
+        """Parameters under the L2 penalty."""
+        return tuple(name for name, p in self.param_table().items() if p.penalized)
+
+    def init_params(self, seed: int) -> dict[str, np.ndarray]:
+        """Initial parameters, the same on every engine for the same seed."""
+        rng = np.random.default_rng(seed)
+        return {name: p.init(rng, p.shape, self.dtype) for name, p in self.param_table().items()}
+
+    def check_params(self, params: dict) -> None:
+        """Raise ``ValueError`` unless ``params`` has exactly the canonical names and
+        shapes (engines call it on the parameters they are given)."""
+        expected = self.param_shapes()
+        actual = {k: tuple(np.shape(v)) for k, v in params.items()}
+        if actual != expected:
+            raise ValueError(f"parameters of shapes {actual} for a {type(self).__name__} "
+                             f"that has {expected}")
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The values every program call takes besides parameters and data.
+
+    None of them changes a shape, so on JAX every float here is a traced input of the
+    compiled step (one compilation serves a whole grid over them); the solver's static
+    choices (its name, the adjoint, the step budget) are read from ``solve``. Families
+    extend it with their own weights (regularisers, KL annealing).
+
+    Attributes
+    ----------
+    solve : ODESolveConfig
+        Solver settings, read again at every call (so ``set_params(rtol=...)`` after fit
+        changes inference).
+    t1 : float
+        End of the integration interval ``[0, t1]``.
+    learning_rate, alpha : float
+        Adam's step size; the L2 penalty ``0.5 * alpha * sum(W**2) / batch_size``.
+    beta1, beta2, epsilon : float
+        Adam's constants (Kingma & Ba 2015), as ``torch.optim.Adam``, ``optax.adam`` and
+        scikit-learn's ``MLPClassifier``.
+    """
+
+    solve: ODESolveConfig
+    t1: float = 1.0
     learning_rate: float = 1e-3
-    alpha: float = 1e-4
+    alpha: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
     epsilon: float = 1e-8
 
-
-def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int, activation: str,
-                   dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Weights and bias as scikit-learn's MLP initialises them (Glorot & Bengio 2010)."""
-    factor = 2.0 if activation == "logistic" else 6.0
-    bound = np.sqrt(factor / (fan_in + fan_out))
-    weight = rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype)
-    bias = rng.uniform(-bound, bound, fan_out).astype(dtype)
-    return weight, bias
+    def values(self) -> dict[str, float]:
+        """Every float field but ``solve``: what JAX traces."""
+        return {f.name: float(getattr(self, f.name)) for f in fields(self) if f.name != "solve"}
 
 
 @dataclass(frozen=True)
-class ODENetSpec:
+class ODENetSpec(ModelSpec):
     """The ODE-Net of Chen et al. (2018), a continuous-depth residual network.
 
     ``x -> z0 = activation(x @ W_embed + b_embed)``, padded with ``augment_dim`` zeros
@@ -71,6 +231,8 @@ class ODENetSpec:
     layer ``i`` of the field, ``head.weight``, ``head.bias``.
     """
 
+    family: ClassVar[str] = "classifier"
+
     n_features: int
     n_outputs: int
     embed_dim: int
@@ -78,9 +240,6 @@ class ODENetSpec:
     augment_dim: int
     activation: str
     field_activation: str
-    t1: float
-    solve: ODESolveConfig
-    optimizer: OptimizerSpec
     dtype: str = "float32"
 
     @property
@@ -96,40 +255,11 @@ class ODENetSpec:
     def n_field_layers(self) -> int:
         return len(self.field_sizes) - 1
 
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes = {
-            "embed.weight": (self.n_features, self.embed_dim),
-            "embed.bias": (self.embed_dim,),
-        }
+    def param_table(self) -> dict[str, Param]:
+        factor = glorot_factor(self.activation)
+        table = dense_params("embed", self.n_features, self.embed_dim, factor=factor)
         sizes = self.field_sizes
         for i in range(self.n_field_layers):
-            shapes[f"field.{i}.weight"] = (sizes[i], sizes[i + 1])
-            shapes[f"field.{i}.bias"] = (sizes[i + 1],)
-        shapes["head.weight"] = (self.state_dim, self.n_outputs)
-        shapes["head.bias"] = (self.n_outputs,)
-        return shapes
-
-    def check_params(self, params: dict) -> None:
-        """Raise ``ValueError`` unless ``params`` has exactly the canonical names and
-        shapes (engines call it on the parameters they are given)."""
-        expected = self.param_shapes()
-        actual = {k: tuple(np.shape(v)) for k, v in params.items()}
-        if actual != expected:
-            raise ValueError(f"parameters of shapes {actual} for an ODE-Net that has "
-                             f"{expected}")
-
-    def weight_names(self) -> tuple[str, ...]:
-        """Parameters under the L2 penalty."""
-        return tuple(name for name in self.param_shapes() if name.endswith(".weight"))
-
-    def init_params(self, seed: int) -> dict[str, np.ndarray]:
-        """Initial parameters, the same on every engine for the same seed."""
-        rng = np.random.default_rng(seed)
-        params = {}
-        for name, shape in self.param_shapes().items():
-            if name.endswith(".weight"):
-                weight, bias = glorot_uniform(rng, shape[0], shape[1], self.activation,
-                                              self.dtype)
-                prefix = name[: -len(".weight")]
-                params[name], params[f"{prefix}.bias"] = weight, bias
-        return params
+            table.update(dense_params(f"field.{i}", sizes[i], sizes[i + 1], factor=factor))
+        table.update(dense_params("head", self.state_dim, self.n_outputs, factor=factor))
+        return table

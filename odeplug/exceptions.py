@@ -48,12 +48,22 @@ class SolverError(RuntimeError):
 
 
 class TrainingDivergedError(RuntimeError):
-    """Training produced a non-finite loss.
+    """Training stopped: a non-finite or exploding loss, or a failed solve.
 
-    The estimator keeps the best parameters seen before the divergence, so it can
-    still predict; ``epoch`` says when it happened.
+    The estimator is left able to predict: a fresh fit keeps the last parameters whose
+    training loss was finite and sane (or stays unfitted if there were none), a
+    ``warm_start`` fit or ``partial_fit`` restores the estimator as it was before the
+    call. The message says which.
+
+    Attributes
+    ----------
+    epoch : int or None
+        The epoch (counted over the whole history) in which training diverged.
+    params : dict of str to ndarray or None
+        The last verified parameters of the failed run (None if no step was sane).
     """
 
-    def __init__(self, message: str, *, epoch: int | None = None):
+    def __init__(self, message: str, *, epoch: int | None = None, params: Any = None):
         self.epoch = epoch
+        self.params = params
         super().__init__(message)

@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from odeplug._protocols import empty_row_stats
 from odeplug._solver_options import ODESolveConfig
-from odeplug._specs import ODENetSpec, OptimizerSpec
+from odeplug._specs import Hyper, ODENetSpec
 from odeplug.exceptions import SolverError
 
 from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
@@ -48,18 +49,27 @@ __all__ = ["make_program", "ODENetProgram"]
 # compilation): the tests read it to check that equal specs share compilations.
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 
-# Inference pads the rows to one of a few sizes (powers of two from _MIN_ROWS), so that
-# calls with many different numbers of rows (scikit-learn's) compile a few functions, not
-# one per size; more rows than _MAX_ROWS go in chunks of _MAX_ROWS. Under vmap, every row
-# of a chunk computes until its slowest row is done, which bounds the chunks.
-_MIN_ROWS = 8
-_MAX_ROWS = 512
+# Inference solves rows in chunks of a fixed size, padded with copies of a row whose
+# results are dropped: one compilation serves every number of rows (scikit-learn predicts
+# on many sizes; each compilation costs seconds), and under vmap every row of a chunk
+# computes until its slowest row is done, which bounds the chunk.
+_CHUNK_ROWS = 64
 
 
 def make_program(spec: Any):
     if isinstance(spec, ODENetSpec):
         return ODENetProgram(spec)
     raise NotImplementedError(f"the jax engine has no program for {type(spec).__name__}")
+
+
+def solve_key(solve: ODESolveConfig) -> ODESolveConfig:
+    """The part of a solve configuration that changes the compiled computation."""
+    return solve
+
+
+def _traced_values(hyper: Hyper) -> dict[str, np.ndarray]:
+    """Every value of ``hyper`` as a 0-d array of the compiled function's inputs."""
+    return {name: np.asarray(value) for name, value in hyper.values().items()}
 
 
 # ------------------------------------------------------------------------ the model
@@ -72,8 +82,6 @@ class _ODENet:
         self.spec = spec
         self.activation = ACTIVATIONS[spec.activation]
         self.field = mlp_field("field", spec.n_field_layers, spec.field_activation)
-        # Times in the state's dtype: the engine's odeint casts them so anyway.
-        self.times = np.array([0.0, spec.t1], dtype=spec.dtype)
 
     def initial_state(self, params: dict, X: jax.Array) -> jax.Array:
         z0 = self.activation(dense(params, "embed", X))
@@ -82,44 +90,43 @@ class _ODENet:
             z0 = jnp.concatenate([z0, zeros], axis=1)
         return z0
 
-    def logits(self, params: dict, X: jax.Array, solve: ODESolveConfig):
+    def logits(self, params: dict, X: jax.Array, t1: jax.Array, solve: ODESolveConfig):
         """Logits, the solve's ODEStats and its diffrax result code."""
         field_params = {k: v for k, v in params.items() if k.startswith("field.")}
-        zs, stats, code = odeint_result(self.field, self.initial_state(params, X),
-                                        self.times, field_params, solve)
+        z0 = self.initial_state(params, X)
+        times = jnp.stack([jnp.zeros((), z0.dtype), t1.astype(z0.dtype)])
+        zs, stats, code = odeint_result(self.field, z0, times, field_params, solve)
         return dense(params, "head", zs[-1]), stats, code
 
 
-@functools.lru_cache(maxsize=16)
-def _adam(spec: OptimizerSpec) -> optax.GradientTransformation:
-    # optax's eps is torch's and the reference's: added to sqrt(v_hat). The L2 penalty
-    # is in the loss (divided by the batch size, sparing the biases), not weight decay.
-    return optax.adam(spec.learning_rate, b1=spec.beta1, b2=spec.beta2, eps=spec.epsilon)
-
-
 @functools.lru_cache(maxsize=32)
-def _train_step(spec: ODENetSpec) -> Callable:
-    """The compiled training step of a spec: ``(params, opt_state, X, y) -> (params,
-    opt_state, metrics)``, ``metrics = [loss, nfe_forward, result code]`` in one array
-    (one transfer to the host)."""
+def _train_step(spec: ODENetSpec, solve: ODESolveConfig) -> Callable:
+    """The compiled training step of an architecture and a solver: ``(params, opt_state,
+    X, y, values) -> (params, opt_state, metrics)``, ``metrics = [loss, nfe_forward,
+    result code]`` in one array (one transfer to the host). ``values`` are the traced
+    hyperparameters (``Hyper.values()``): a new learning rate, ``alpha`` or ``t1`` reuses
+    the compilation."""
     model = _ODENet(spec)
-    optimizer = _adam(spec.optimizer)
-    weight_names = spec.weight_names()
-    alpha = spec.optimizer.alpha
+    penalized = spec.penalized_names()
 
-    def loss_fn(params, X, y):
-        logits, stats, code = model.logits(params, X, spec.solve)
+    def loss_fn(params, X, y, values):
+        logits, stats, code = model.logits(params, X, values["t1"], solve)
         picked = jnp.take_along_axis(log_softmax(logits), y[:, None], axis=1)
-        penalty = sum(jnp.sum(params[k] ** 2) for k in weight_names)
-        loss = -jnp.mean(picked) + 0.5 * alpha * penalty / y.shape[0]
+        penalty = sum(jnp.sum(params[k] ** 2) for k in penalized)
+        loss = -jnp.mean(picked) + 0.5 * values["alpha"] * penalty / y.shape[0]
         return loss, (stats.nfe_forward, code)
 
-    def step(params, opt_state, X, y):
+    def step(params, opt_state, X, y, values):
         TRACE_COUNTS["step"] += 1
         (loss, (nfe, code)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, X, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+            params, X, y, values)
+        # optax.adam is scale_by_adam then a scale by -learning_rate; written so, the
+        # step size and Adam's constants are traced values, not compiled constants.
+        adam = optax.scale_by_adam(b1=values["beta1"], b2=values["beta2"],
+                                   eps=values["epsilon"])
+        updates, opt_state = adam.update(grads, opt_state, params)
+        params = jax.tree.map(lambda p, u: p - values["learning_rate"].astype(p.dtype) * u,
+                              params, updates)
         # Counts are exact in float32 up to 2**24 evaluations.
         metrics = jnp.stack([loss, nfe.astype(loss.dtype), code.astype(loss.dtype)])
         return params, opt_state, metrics
@@ -128,8 +135,8 @@ def _train_step(spec: ODENetSpec) -> Callable:
 
 
 @functools.lru_cache(maxsize=32)
-def _predict_rows(model_spec: ODENetSpec, solve: ODESolveConfig) -> Callable:
-    """The compiled inference of a model and a solve configuration: ``(params, X) ->
+def _predict_rows(spec: ODENetSpec, solve: ODESolveConfig) -> Callable:
+    """The compiled inference of a model and a solver: ``(params, X, values) ->
     (log_proba, counts)``, ``counts[i] = [nfe_forward, n_steps, n_rejected, result
     code, finite]`` of row ``i``.
 
@@ -137,24 +144,19 @@ def _predict_rows(model_spec: ODENetSpec, solve: ODESolveConfig) -> Callable:
     loop runs until every row is done, but each row keeps its own step size and
     controller state, so its result does not depend on the others.
     """
-    model = _ODENet(model_spec)
+    model = _ODENet(spec)
 
-    def one_row(params, x):
-        logits, stats, code = model.logits(params, x[None], solve)
+    def one_row(params, x, values):
+        logits, stats, code = model.logits(params, x[None], values["t1"], solve)
         counts = jnp.stack([stats.nfe_forward, stats.n_steps, stats.n_rejected, code,
                             jnp.all(jnp.isfinite(logits))]).astype(jnp.int32)
         return log_softmax(logits)[0], counts
 
-    def rows(params, X):
+    def rows(params, X, values):
         TRACE_COUNTS["predict"] += 1
-        return jax.vmap(one_row, in_axes=(None, 0))(params, X)
+        return jax.vmap(one_row, in_axes=(None, 0, None))(params, X, values)
 
     return jax.jit(rows)
-
-
-def _bucket(n: int) -> int:
-    """The padded number of rows of a chunk of ``n <= _MAX_ROWS`` rows."""
-    return max(_MIN_ROWS, 1 << (n - 1).bit_length())
 
 
 # ---------------------------------------------------------------------- the program
@@ -191,32 +193,42 @@ class ODENetProgram:
 
     # --------------------------------------------------------------- training
 
-    def init(self, params: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
         self.spec.check_params(params)
         with self._precision():
             arrays = self._arrays(params, copy=True)
-            return {"params": arrays, "opt": _adam(self.spec.optimizer).init(arrays)}
+            return {"params": arrays, "opt": optax.scale_by_adam().init(arrays)}
 
-    def step(self, state: dict[str, Any], batch: tuple[np.ndarray, np.ndarray]):
+    def _run_step(self, state, batch, hyper: Hyper):
         X, y = batch
         X = np.asarray(X, dtype=self.np_dtype)
         y = np.asarray(y, dtype=np.int32)
+        step = _train_step(self.spec, solve_key(hyper.solve))
         try:
             with self._precision(), _quiet_callback_errors():
-                params, opt, metrics = _train_step(self.spec)(state["params"],
-                                                              state["opt"], X, y)
+                params, opt, metrics = step(state["params"], state["opt"], X, y,
+                                            _traced_values(hyper))
                 loss, nfe, code = np.asarray(metrics).tolist()  # waits for the step
         except (jax.errors.JaxRuntimeError, ValueError) as error:
             # With the adjoint, diffrax's backward solve raises under jit (throw=True);
             # after a failed forward solve, it fails too, and raises first.
-            solver_error = _runtime_solver_error(error, self.spec.solve)
+            solver_error = _runtime_solver_error(error, hyper.solve)
             if solver_error is None:
                 raise
             raise solver_error from error
         if code:
-            raise _solver_error(int(code), self.spec.solve, "the training solve")
+            raise _solver_error(int(code), hyper.solve, "the training solve")
         metrics = {"loss": float(loss), "nfe_forward": int(nfe), "nfe_backward": None}
         return {"params": params, "opt": opt}, metrics
+
+    def step(self, state: dict[str, Any], batch: tuple[np.ndarray, np.ndarray], hyper: Hyper):
+        return self._run_step(state, batch, hyper)
+
+    def evaluate(self, state: dict[str, Any], batch, hyper: Hyper) -> dict[str, float]:
+        # The step's own compilation with a zero step size, its new state dropped: the
+        # loss of the state's parameters costs no compilation of its own.
+        _, metrics = self._run_step(state, batch, dataclasses.replace(hyper, learning_rate=0.0))
+        return metrics
 
     def get_params(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
         host = jax.device_get(state["params"])
@@ -224,35 +236,32 @@ class ODENetProgram:
 
     # -------------------------------------------------------------- inference
 
-    def predict(self, params: dict[str, np.ndarray], X: np.ndarray, solve: ODESolveConfig):
+    def predict(self, params: dict[str, np.ndarray], X: np.ndarray, hyper: Hyper):
         """Log-probabilities; each input is solved alone, with its own adaptive steps.
 
-        Rows go in chunks padded to a few sizes (with copies of their first row, whose
-        results are dropped), so that predicting on many batch sizes compiles a few
-        functions; a row's result does not depend on the other rows of its chunk.
+        Rows go in chunks of a fixed size, the last one padded with copies of its first
+        row, whose results are dropped; a row's result does not depend on the other rows
+        of its chunk.
         """
         self.spec.check_params(params)
         X = np.asarray(X, dtype=self.np_dtype)
         n = X.shape[0]
         if n == 0:
-            empty = {k: np.zeros(0, dtype=np.int64)
-                     for k in ("nfe_forward", "n_steps", "n_rejected")}
-            return np.zeros((0, self.spec.n_outputs), dtype=self.np_dtype), empty
+            return np.zeros((0, self.spec.n_outputs), dtype=self.np_dtype), empty_row_stats()
         # The solve's adjoint plays no part in inference: one compilation for both.
-        model_spec = dataclasses.replace(self.spec, solve=None, optimizer=None)
-        rows = _predict_rows(model_spec, dataclasses.replace(solve, adjoint=None))
-        sizes, pending = [], []
+        solve = dataclasses.replace(hyper.solve, adjoint=None)
+        rows = _predict_rows(self.spec, solve_key(solve))
+        values = _traced_values(hyper)
+        pending = []
         with self._precision():
             arrays = self._arrays(params)
-            for start in range(0, n, _MAX_ROWS):
-                chunk = X[start : start + _MAX_ROWS]
-                pad = np.repeat(chunk[:1], _bucket(len(chunk)) - len(chunk), axis=0)
-                sizes.append(len(chunk))
-                pending.append(rows(arrays, np.concatenate([chunk, pad])))
+            for start in range(0, n, _CHUNK_ROWS):
+                chunk = X[start : start + _CHUNK_ROWS]
+                pad = np.repeat(chunk[:1], _CHUNK_ROWS - len(chunk), axis=0)
+                pending.append(rows(arrays, np.concatenate([chunk, pad]), values))
             host = jax.device_get(pending)  # one wait for every chunk
-        log_proba = np.concatenate([out[:m] for m, (out, _) in zip(sizes, host, strict=True)])
-        counts = np.concatenate([c[:m] for m, (_, c) in zip(sizes, host, strict=True)])
-        counts = counts.astype(np.int64)
+        log_proba = np.concatenate([out for out, _ in host])[:n]
+        counts = np.concatenate([c for _, c in host])[:n].astype(np.int64)
         failed = np.flatnonzero((counts[:, 3] != 0) | (counts[:, 4] == 0))
         if failed.size:
             i = failed[0]

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from odeplug._solver_options import ODESolveConfig
-from odeplug._specs import ODENetSpec
+from odeplug._protocols import empty_row_stats
+from odeplug._specs import Hyper, ODENetSpec
 
 from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
 from .solve import odeint, odeint_rows
@@ -56,17 +56,19 @@ class ODENetProgram:
         self.dtype = getattr(torch, self.np_dtype.name)
         self.names = tuple(spec.param_shapes())
         self.field_names = tuple(k for k in self.names if k.startswith("field."))
-        self.weight_names = spec.weight_names()
+        self.penalized = spec.penalized_names()
         self.activation = ACTIVATIONS[spec.activation]
         self.field = mlp_field("field", spec.n_field_layers, spec.field_activation)
-        # Times in float64, as the reference engine's: torchdiffeq keeps time-like
-        # quantities in float64 whatever the state's dtype.
-        self.times = torch.tensor([0.0, spec.t1], dtype=torch.float64)
-        self.penalty_scale = 0.5 * spec.optimizer.alpha
         # The first training solve checks the inputs and the field; later ones, on the
         # same field with tensors of the same shapes and dtype, skip it (it costs a field
         # evaluation per step).
         self._checked = False
+
+    @staticmethod
+    def _times(hyper: Hyper) -> torch.Tensor:
+        # In float64, as the reference engine's: torchdiffeq keeps time-like quantities
+        # in float64 whatever the state's dtype.
+        return torch.tensor([0.0, hyper.t1], dtype=torch.float64)
 
     # ------------------------------------------------------------------ the model
 
@@ -79,35 +81,39 @@ class ODENetProgram:
 
     # --------------------------------------------------------------- training
 
-    def init(self, params: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
         self.spec.check_params(params)
         tensors = {k: _tensor(params[k], self.np_dtype).requires_grad_(True)
                    for k in self.names}
-        opt_spec = self.spec.optimizer
         # The L2 penalty is in the loss (as the reference engine's), not Adam's
-        # weight_decay: it is divided by the batch size and spares the biases.
-        opt = torch.optim.Adam(list(tensors.values()), lr=opt_spec.learning_rate,
-                               betas=(opt_spec.beta1, opt_spec.beta2), eps=opt_spec.epsilon)
+        # weight_decay: it is divided by the batch size and spares the biases. The step
+        # size and Adam's constants are set from the hyperparameters at every step.
+        opt = torch.optim.Adam(list(tensors.values()))
         field = {k: tensors[k] for k in self.field_names}
         return {"params": tensors, "field": field, "opt": opt}
 
     def loss(self, params: dict, field_params: dict, X: torch.Tensor, y: torch.Tensor,
-             solve: ODESolveConfig, check: bool = True):
+             hyper: Hyper, check: bool = True):
         """Mean cross-entropy + ``0.5 alpha sum(W**2) / batch_size``, and the ODEStats."""
-        zs, stats = odeint(self.field, self._initial_state(params, X), self.times,
-                           field_params, solve, check=check)
+        zs, stats = odeint(self.field, self._initial_state(params, X), self._times(hyper),
+                           field_params, hyper.solve, check=check)
         logits = dense(params, "head", zs[-1])
         data_loss = F.cross_entropy(logits, y)
-        penalty = sum(torch.sum(params[k] ** 2) for k in self.weight_names)
-        return data_loss + (self.penalty_scale / y.shape[0]) * penalty, stats
+        penalty = sum(torch.sum(params[k] ** 2) for k in self.penalized)
+        return data_loss + (0.5 * hyper.alpha / y.shape[0]) * penalty, stats
 
-    def step(self, state: dict[str, Any], batch: tuple[np.ndarray, np.ndarray]):
+    def _batch(self, batch):
         X, y = batch
-        X = _view(X, self.np_dtype)
-        y = _view(y, np.int64)
+        return _view(X, self.np_dtype), _view(y, np.int64)
+
+    def step(self, state: dict[str, Any], batch: tuple[np.ndarray, np.ndarray], hyper: Hyper):
+        X, y = self._batch(batch)
         opt = state["opt"]
+        for group in opt.param_groups:
+            group.update(lr=hyper.learning_rate, betas=(hyper.beta1, hyper.beta2),
+                         eps=hyper.epsilon)
         opt.zero_grad(set_to_none=True)
-        loss, stats = self.loss(state["params"], state["field"], X, y, self.spec.solve,
+        loss, stats = self.loss(state["params"], state["field"], X, y, hyper,
                                 check=not self._checked)
         self._checked = True
         loss.backward()
@@ -116,12 +122,18 @@ class ODENetProgram:
                    "nfe_backward": stats.nfe_backward}
         return state, metrics
 
+    def evaluate(self, state: dict[str, Any], batch, hyper: Hyper) -> dict[str, float]:
+        X, y = self._batch(batch)
+        with torch.no_grad():
+            loss, stats = self.loss(state["params"], state["field"], X, y, hyper)
+        return {"loss": loss.item(), "nfe_forward": stats.nfe_forward, "nfe_backward": 0}
+
     def get_params(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in state["params"].items()}
 
     # -------------------------------------------------------------- inference
 
-    def predict(self, params: dict[str, np.ndarray], X: np.ndarray, solve: ODESolveConfig):
+    def predict(self, params: dict[str, np.ndarray], X: np.ndarray, hyper: Hyper):
         """Log-probabilities; each input is solved alone, with its own adaptive steps.
 
         Every row goes through the same computation as if it were the only one (the
@@ -133,16 +145,15 @@ class ODENetProgram:
         """
         self.spec.check_params(params)
         if len(X) == 0:
-            empty = {k: np.zeros(0, dtype=np.int64)
-                     for k in ("nfe_forward", "n_steps", "n_rejected")}
-            return np.zeros((0, self.spec.n_outputs), dtype=self.np_dtype), empty
+            return np.zeros((0, self.spec.n_outputs), dtype=self.np_dtype), empty_row_stats()
         with torch.inference_mode():
             tensors = {k: _view(params[k], self.np_dtype) for k in self.names}
             field_params = {k: tensors[k] for k in self.field_names}
             X = _view(X, self.np_dtype)
             z0 = torch.cat([self._initial_state(tensors, X[i : i + 1])
                             for i in range(X.shape[0])])
-            zs, stats = odeint_rows(self.field, z0, self.times, field_params, solve)
+            zs, stats = odeint_rows(self.field, z0, self._times(hyper), field_params,
+                                    hyper.solve)
             z1 = zs[-1]
             out = torch.cat([log_softmax(dense(tensors, "head", z1[i : i + 1]))
                              for i in range(X.shape[0])])

@@ -1,84 +1,98 @@
-"""What every odeplug estimator shares: parameter checks, the engine and solver read at
-call time, thread limits, and a fit that leaves nothing half-done."""
+"""What every odeplug estimator shares: declarative parameter checks, the engine and the
+solver read at call time, thread limits, one training path and one inference path, and
+fits that never lose a model.
+
+A family's estimator defines the spec of its data (``_spec``), the values of its steps
+(``_hyper``), the arrays of a fit, and its public methods; the base does the rest:
+
+* ``_fit_transaction(body, ...)`` runs a fit so that a failure leaves the estimator as it
+  was (bad input, Ctrl-C before any epoch completed, an error of the engine), or, after
+  divergence, with parameters that predict;
+* ``_run_training(...)`` builds or reuses the engine's training state, runs the shared
+  loop (:func:`odeplug._training.train`) and stores the fitted attributes;
+* ``_infer(entry, *inputs)`` calls one inference entry point of the engine's program
+  with the fitted parameters and the current solver settings.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
+import warnings
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted
 
 from .._config import resolve_backend_name
-from .._solver_options import BacksolveAdjoint, ODESolveConfig, make_solve_config
-from .._specs import ACTIVATIONS, OptimizerSpec
+from .._solver_options import SOLVERS, BacksolveAdjoint, ODESolveConfig, make_solve_config
+from .._specs import ACTIVATIONS, Hyper, ModelSpec
 from .._threads import limit_threads
 from .._training import TrainingHistory, train
 from ..backend import Backend, get_backend
 from ..exceptions import TrainingDivergedError
+from ._sklearn_compat import Interval, StrOptions, validate_params
 
 __all__ = ["ODEEstimatorBase"]
 
-
-def _check_number(name: str, value: Any, *, low=None, high=None, integer=False,
-                  inclusive_low=True, inclusive_high=True) -> None:
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"{name} must be {'an int' if integer else 'a float'}, got {value!r}")
-    if low is not None and (value < low or (value == low and not inclusive_low)):
-        raise ValueError(f"{name} must be {'>=' if inclusive_low else '>'} {low}, got {value!r}")
-    if high is not None and (value > high or (value == high and not inclusive_high)):
-        raise ValueError(f"{name} must be {'<=' if inclusive_high else '<'} {high}, got {value!r}")
+# Parameters every estimator has, with scikit-learn's constraints.
+COMMON_CONSTRAINTS: dict[str, list] = {
+    "backend": [None, str],
+    "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+    "field_activation": [StrOptions(set(ACTIVATIONS))],
+    "t1": [Interval(Real, 0, None, closed="neither")],
+    "solver": [StrOptions(set(SOLVERS))],
+    "rtol": [Interval(Real, 0, None, closed="neither")],
+    "atol": [Interval(Real, 0, None, closed="neither")],
+    "step_size": [None, Interval(Real, 0, None, closed="neither")],
+    "adjoint": ["boolean", BacksolveAdjoint],
+    "max_num_steps": [Interval(Integral, 1, None, closed="left")],
+    "alpha": [Interval(Real, 0, None, closed="left")],
+    "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+    "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+    "max_iter": [Interval(Integral, 1, None, closed="left")],
+    "tol": [Interval(Real, 0, None, closed="left")],
+    "early_stopping": ["boolean"],
+    "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+    "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+    "random_state": ["random_state"],
+    "verbose": ["verbose"],
+    "warm_start": ["boolean"],
+}
 
 
 class ODEEstimatorBase(BaseEstimator):
-    """Shared machinery; subclasses define the model spec and the targets."""
+    """Shared machinery; subclasses define the spec, the hyperparameters and the data."""
+
+    _parameter_constraints: dict = COMMON_CONSTRAINTS
 
     # ------------------------------------------------------------- parameters
 
-    def _check_common_params(self) -> None:
-        sizes = self.hidden_layer_sizes
-        if isinstance(sizes, numbers.Integral):
-            sizes = (sizes,)
-        if len(tuple(sizes)) == 0 or any(
-                isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
-                for s in sizes):
-            raise ValueError(f"hidden_layer_sizes must be positive ints, got {sizes!r}")
-        for name in ("activation", "field_activation"):
-            if getattr(self, name) not in ACTIVATIONS:
-                raise ValueError(f"{name} must be one of {ACTIVATIONS}, got "
-                                 f"{getattr(self, name)!r}")
-        _check_number("t1", self.t1, low=0, inclusive_low=False)
-        _check_number("alpha", self.alpha, low=0)
-        _check_number("learning_rate_init", self.learning_rate_init, low=0,
-                      inclusive_low=False)
-        _check_number("max_iter", self.max_iter, low=1, integer=True)
-        _check_number("tol", self.tol, low=0)
-        _check_number("n_iter_no_change", self.n_iter_no_change, low=1, integer=True)
-        _check_number("validation_fraction", self.validation_fraction, low=0, high=1,
-                      inclusive_low=False, inclusive_high=False)
-        if not (self.batch_size == "auto" or (
-                isinstance(self.batch_size, numbers.Integral) and self.batch_size >= 1)):
-            raise ValueError(f"batch_size must be 'auto' or a positive int, got "
-                             f"{self.batch_size!r}")
-        if not isinstance(self.adjoint, (bool, BacksolveAdjoint)):
-            raise TypeError(f"adjoint must be a bool or a BacksolveAdjoint, got {self.adjoint!r}")
-        self._solve_config()  # solver, tolerances, step budget
-
     def _hidden_sizes(self) -> tuple[int, ...]:
         sizes = self.hidden_layer_sizes
-        return (int(sizes),) if isinstance(sizes, numbers.Integral) else tuple(map(int, sizes))
+        sizes = (sizes,) if isinstance(sizes, numbers.Integral) else tuple(sizes)
+        if not sizes or any(isinstance(s, bool) or not isinstance(s, numbers.Integral)
+                            or s < 1 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive ints, got "
+                             f"{self.hidden_layer_sizes!r}")
+        return tuple(int(s) for s in sizes)
 
     def _solve_config(self) -> ODESolveConfig:
         """Solver settings, read anew at every call (so set_params(rtol=...) after fit
-        changes prediction)."""
+        changes inference)."""
         return make_solve_config(
             solver=self.solver, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
             adjoint=self.adjoint, max_num_steps=self.max_num_steps)
 
-    def _optimizer_spec(self) -> OptimizerSpec:
-        return OptimizerSpec(learning_rate=float(self.learning_rate_init),
-                             alpha=float(self.alpha))
+    def _hyper(self, **values) -> Hyper:
+        """The values of a training step. Subclasses with more (regulariser weights)
+        override it; ``values`` overrides fields (inference passes the fitted ones)."""
+        hyper = Hyper(solve=self._solve_config(), t1=float(self.t1),
+                      learning_rate=float(self.learning_rate_init), alpha=float(self.alpha))
+        return dataclasses.replace(hyper, **values)
 
     def _engine(self) -> Backend:
         """The engine named by ``backend``, else the configuration, read at call time."""
@@ -91,15 +105,24 @@ class ODEEstimatorBase(BaseEstimator):
 
     # --------------------------------------------------------------- fitting
 
-    def _fit_transaction(self, fit_body, *args, **kwargs):
-        """Run ``fit_body``; on error restore the estimator as it was (nothing
-        half-fitted), except after divergence, where the best parameters are kept."""
+    def _fit_transaction(self, body, *args, **kwargs):
+        """Run a fit so that nothing is lost.
+
+        ``body`` validates the data and ends with :meth:`_run_training`. On any error,
+        the estimator is restored as it was before the call, except when a fresh fit
+        diverged after verified steps: then it keeps those parameters (the error says
+        so). Warnings about the outcome (not converged, interrupted) point to the
+        caller of ``fit``.
+        """
+        validate_params(self)
         before = dict(self.__dict__)
+        if isinstance(before.get("_history"), TrainingHistory):
+            before["_history"] = before["_history"].copy()
         try:
-            return fit_body(*args, **kwargs)
-        except TrainingDivergedError:
-            raise
-        except BaseException:
+            outcome = body(*args, **kwargs)
+        except BaseException as error:
+            if getattr(error, "keeps_fit", False):
+                raise
             self.__dict__.clear()
             self.__dict__.update(before)
             if before.get("_train_state") is not None:
@@ -107,10 +130,33 @@ class ODEEstimatorBase(BaseEstimator):
                 # restored parameters.
                 self._train_state = None
             raise
+        if outcome.interrupted:
+            warnings.warn(outcome.interrupted, UserWarning, stacklevel=3)
+        elif not outcome.converged and not kwargs.get("incremental", False):
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                "the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+        return self
 
-    def _train(self, engine: Backend, spec: Any, params: dict[str, np.ndarray],
-               arrays: tuple[np.ndarray, ...], *, seed: int, rng, max_iter: int,
-               history: TrainingHistory, validation_score=None, incremental=False):
+    def _start(self, engine: Backend, spec: ModelSpec, *, first_call: bool, seed: int):
+        """Initial parameters and history of a fit: fresh ones on a first call, the
+        fitted ones to continue (``warm_start``, ``partial_fit``)."""
+        if first_call:
+            self._train_state = None
+            return spec.init_params(seed), TrainingHistory()
+        if self._spec != spec:
+            raise ValueError(
+                "the architecture parameters changed since the model was fitted; refit it "
+                "(warm_start=False) or restore them")
+        if self.backend_ != engine.name:
+            self._train_state = None  # optimiser moments of another engine
+        params = {k: np.asarray(v, dtype=spec.dtype) for k, v in self.params_.items()}
+        return params, self._history
+
+    def _run_training(self, engine: Backend, spec: ModelSpec, params: dict[str, np.ndarray],
+                      arrays: tuple[np.ndarray, ...], *, rng, history: TrainingHistory,
+                      continuing: bool, max_iter: int, validation_score=None,
+                      draw_noise=None, hyper=None):
         """Build or reuse the engine's training state, run the loop, store the result.
 
         The engine state (optimiser moments) is kept in ``_train_state`` so that
@@ -121,32 +167,49 @@ class ODEEstimatorBase(BaseEstimator):
         if cached is not None and cached[0] == (engine.name, spec):
             state = cached[1]
         else:
-            state = program.init(params, seed)
-        n = arrays[0].shape[0]
+            state = program.init(params)
         try:
             with limit_threads(engine):
-                state, final = train(
-                    program, state, arrays, history, max_iter=max_iter,
-                    batch_size=self._batch_size(n), rng=rng, tol=float(self.tol),
-                    n_iter_no_change=int(self.n_iter_no_change),
-                    validation_score=validation_score, verbose=int(self.verbose),
-                    desc=type(self).__name__, warn_not_converged=not incremental)
-        except TrainingDivergedError:
-            self._store_fit(engine, history, history.best_params)
+                outcome = train(
+                    program, state, arrays, history, hyper or self._hyper(),
+                    max_iter=max_iter, batch_size=self._batch_size(arrays[0].shape[0]),
+                    rng=rng, tol=float(self.tol), n_iter_no_change=int(self.n_iter_no_change),
+                    validation_score=validation_score, draw_noise=draw_noise,
+                    verbose=int(self.verbose), desc=type(self).__name__)
+        except TrainingDivergedError as error:
+            if continuing:
+                raise TrainingDivergedError(
+                    f"{error} The estimator keeps its fit from before this call.",
+                    epoch=error.epoch, params=error.params) from error
+            if error.params is None:
+                raise TrainingDivergedError(
+                    f"{error} No step was sane: the estimator stays unfitted.",
+                    epoch=error.epoch) from error
+            self._store_fit(engine, spec, history, error.params)
             self._train_state = None
-            raise
-        self._train_state = ((engine.name, spec), state)
-        self._store_fit(engine, history, final)
+            kept = TrainingDivergedError(
+                f"{error} The estimator keeps the last parameters whose training loss was "
+                f"finite ({history.n_iter} completed epoch(s)).", epoch=error.epoch,
+                params=error.params)
+            kept.keeps_fit = True
+            raise kept from error
+        self._train_state = ((engine.name, spec), outcome.state)
+        self._store_fit(engine, spec, history, outcome.params)
+        return outcome
 
-    def _store_fit(self, engine: Backend, history: TrainingHistory,
+    def _store_fit(self, engine: Backend, spec: ModelSpec, history: TrainingHistory,
                    params: dict[str, np.ndarray]) -> None:
         self.backend_ = engine.name
+        self._spec = spec
+        self._fitted_t1 = float(self.t1)
         self.params_ = {k: np.array(v) for k, v in params.items()}
         self._history = history
-        self.loss_curve_ = list(history.loss_curve)
+        self.loss_curve_ = history.loss_curve
+        self.curves_ = {name: list(values) for name, values in history.curves.items()}
         self.n_iter_ = history.n_iter
         self.t_ = history.t_
-        self.nfe_ = dict(history.nfe)
+        self.nfe_ = {"forward": history.last("nfe_forward"),
+                     "backward": history.last("nfe_backward")}
         if self.early_stopping:
             self.validation_scores_ = list(history.validation_scores)
             self.best_validation_score_ = history.best_validation_score
@@ -156,12 +219,26 @@ class ODEEstimatorBase(BaseEstimator):
             self.best_validation_score_ = None
             self.best_loss_ = history.best_loss
 
-    def _predict_with(self, spec: Any, X: np.ndarray):
-        """Run the engine's inference program with the current solver settings."""
+    def _check_partial_fit_params(self) -> None:
+        if self.early_stopping:
+            raise ValueError(
+                "partial_fit does not support early_stopping=True (as scikit-learn's MLP): "
+                "use fit, or set early_stopping=False")
+
+    # -------------------------------------------------------------- inference
+
+    def _inference_hyper(self) -> Hyper:
+        """The fitted model's values with the solver settings of now."""
+        return self._hyper(t1=self._fitted_t1)
+
+    def _infer(self, entry: str, *inputs: Any):
+        """``program.<entry>(params_, *inputs, hyper)`` on the engine of now, with the
+        fitted parameters and the current solver settings; returns what it returns."""
+        check_is_fitted(self, "params_")
         engine = self._engine()
-        program = engine.make_program(spec)
+        program = engine.make_program(self._spec)
         with limit_threads(engine):
-            return program.predict(self.params_, X, self._solve_config())
+            return getattr(program, entry)(self.params_, *inputs, self._inference_hyper())
 
     def __getstate__(self):
         state = dict(super().__getstate__())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.model_selection import train_test_split
@@ -10,9 +12,9 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
-from .._specs import ODENetSpec
-from .._training import TrainingHistory
+from .._specs import ACTIVATIONS, ODENetSpec
 from ._base import ODEEstimatorBase
+from ._sklearn_compat import Interval, StrOptions
 
 __all__ = ["ODEClassifier"]
 
@@ -183,28 +185,20 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         self.verbose = verbose
         self.warm_start = warm_start
 
+    _parameter_constraints: dict = {
+        **ODEEstimatorBase._parameter_constraints,
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "augment_dim": [Interval(Integral, 0, None, closed="left")],
+    }
+
     # ------------------------------------------------------------------ spec
 
-    def _spec(self, n_features: int, n_classes: int, dtype: str) -> ODENetSpec:
+    def _spec_of(self, n_features: int, n_classes: int, dtype: str) -> ODENetSpec:
         sizes = self._hidden_sizes()
         return ODENetSpec(
             n_features=n_features, n_outputs=n_classes, embed_dim=sizes[0],
             field_hidden=sizes[1:], augment_dim=int(self.augment_dim),
-            activation=self.activation, field_activation=self.field_activation,
-            t1=float(self.t1), solve=self._solve_config(),
-            optimizer=self._optimizer_spec(), dtype=dtype)
-
-    def _fitted_spec(self) -> ODENetSpec:
-        """The fitted architecture with the current solver settings."""
-        check_is_fitted(self, "params_")
-        spec = self._spec(self.n_features_in_, len(self.classes_), self._dtype)
-        expected = spec.param_shapes()
-        actual = {k: tuple(v.shape) for k, v in self.params_.items()}
-        if expected != actual:
-            raise ValueError(
-                "the architecture parameters (hidden_layer_sizes, augment_dim) changed "
-                "since fit; refit the estimator")
-        return spec
+            activation=self.activation, field_activation=self.field_activation, dtype=dtype)
 
     # ------------------------------------------------------------------- fit
 
@@ -214,12 +208,21 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training data.
         y : array-like of shape (n_samples,)
             Labels of any type (ints, strings, objects).
 
         Returns
         -------
         self : ODEClassifier
+            The fitted estimator.
+
+        Raises
+        ------
+        TrainingDivergedError
+            The loss became non-finite or exploded, or a solve failed. A fresh fit keeps
+            the last parameters whose loss was finite; with ``warm_start`` the estimator
+            keeps its previous fit.
         """
         return self._fit_transaction(self._fit, X, y, incremental=False, classes=None)
 
@@ -229,21 +232,30 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training data.
         y : array-like of shape (n_samples,)
+            Labels, all of them in ``classes``.
         classes : array-like of shape (n_classes,), default=None
-            All the classes; required on the first call.
+            All the classes; required on the first call, optional after it.
 
         Returns
         -------
         self : ODEClassifier
+            The updated estimator.
+
+        Raises
+        ------
+        ValueError
+            ``early_stopping=True`` (as ``MLPClassifier``: partial_fit has no
+            validation split), or labels outside ``classes``.
+        TrainingDivergedError
+            The estimator keeps its parameters from before the call.
         """
         return self._fit_transaction(self._fit, X, y, incremental=True, classes=classes)
 
     def _fit(self, X, y, *, incremental: bool, classes):
-        self._check_common_params()
-        _check_augment = int(self.augment_dim)
-        if _check_augment < 0 or _check_augment != self.augment_dim:
-            raise ValueError(f"augment_dim must be a non-negative int, got {self.augment_dim!r}")
+        if incremental:
+            self._check_partial_fit_params()
         first_call = not (incremental or self.warm_start) or not hasattr(self, "classes_")
         X, y = validate_data(self, X, y, reset=first_call, dtype=(np.float64, np.float32),
                              ensure_min_samples=1)
@@ -269,56 +281,100 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         y_index = np.searchsorted(labels, y).astype(np.int64)
 
         engine = self._engine()
+        self._solve_config()  # solver settings, checked before anything is built
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        if first_call:
-            self._dtype = engine.default_dtype
-            self._train_state = None
-        spec = self._spec(X.shape[1], len(labels), self._dtype)
-        if first_call:
-            params = spec.init_params(seed)
-            history = TrainingHistory()
-        else:
-            params = {k: np.asarray(v, dtype=self._dtype) for k, v in self.params_.items()}
-            history = self._history
-            if self.backend_ != engine.name:
-                self._train_state = None
+        dtype = engine.default_dtype if first_call else self._spec.dtype
+        spec = self._spec_of(X.shape[1], len(labels), dtype)
+        params, history = self._start(engine, spec, first_call=first_call, seed=seed)
         self.classes_ = labels
-        X = X.astype(self._dtype, copy=False)
+        X = X.astype(spec.dtype, copy=False)
 
         validation_score = None
         if self.early_stopping and not incremental:
             X, X_val, y_index, y_val = train_test_split(
                 X, y_index, test_size=self.validation_fraction, random_state=rng,
                 stratify=y_index)
-            val_program = engine.make_program(spec)
+            program = engine.make_program(spec)
+            hyper = self._hyper()
 
             def validation_score(current):
-                log_proba, _ = val_program.predict(current, X_val, spec.solve)
+                log_proba, _ = program.predict(current, X_val, hyper)
                 return float(np.mean(np.argmax(log_proba, axis=1) == y_val))
 
-        self._train(engine, spec, params, (X, y_index), seed=seed, rng=rng,
-                    max_iter=1 if incremental else int(self.max_iter), history=history,
-                    validation_score=validation_score, incremental=incremental)
-        return self
+        return self._run_training(
+            engine, spec, params, (X, y_index), rng=rng, history=history,
+            continuing=not first_call, max_iter=1 if incremental else int(self.max_iter),
+            validation_score=validation_score)
 
     # --------------------------------------------------------------- predict
 
     def _log_proba_and_stats(self, X):
-        spec = self._fitted_spec()
+        check_is_fitted(self, "params_")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        return self._predict_with(spec, X.astype(self._dtype, copy=False))
+        return self._infer("predict", X.astype(self._spec.dtype, copy=False))
 
     def predict_log_proba(self, X):
-        """Log of the class probabilities, columns in the order of ``classes_``."""
+        """Log of the class probabilities.
+
+        Each row is solved alone, with its own adaptive steps and the current solver
+        settings (``rtol``, ``atol``, ``solver``, ``max_num_steps`` are read again).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
+
+        Raises
+        ------
+        SolverError
+            A row's solve failed (the step budget, say): the error names the row, the
+            reason and the time reached.
+        """
         return self._log_proba_and_stats(X)[0].astype(np.float64)
 
     def predict_proba(self, X):
-        """Class probabilities, columns in the order of ``classes_``."""
+        """Class probabilities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``; rows sum to 1.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import make_moons
+        >>> from odeplug import ODEClassifier
+        >>> X, y = make_moons(60, noise=0.1, random_state=0)
+        >>> clf = ODEClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0)
+        >>> clf.fit(X, y).predict_proba(X[:2]).shape
+        (2, 2)
+        """
         return np.exp(self.predict_log_proba(X))
 
     def predict(self, X):
-        """Predicted labels, entries of ``classes_``."""
+        """Predicted labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+            Entries of ``classes_``.
+        """
         log_proba = self.predict_log_proba(X)
         return self.classes_[np.argmax(log_proba, axis=1)]
 
@@ -327,14 +383,24 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
 
         Leaves the estimator unchanged (``predict`` records nothing).
 
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
         Returns
         -------
         stats : dict of str to ndarray of shape (n_samples,)
-            ``nfe_forward`` (function evaluations), ``n_steps`` and ``n_rejected``.
+            ``nfe_forward`` (function evaluations), ``n_steps`` and ``n_rejected`` of
+            each row's solve.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import make_moons
+        >>> from odeplug import ODEClassifier
+        >>> X, y = make_moons(60, noise=0.1, random_state=0)
+        >>> clf = ODEClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0)
+        >>> clf.fit(X, y).inference_stats(X[:3])["nfe_forward"].shape
+        (3,)
         """
         return {k: np.asarray(v) for k, v in self._log_proba_and_stats(X)[1].items()}
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = True
-        return tags

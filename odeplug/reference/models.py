@@ -8,12 +8,13 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import value_and_grad
 
-from .._solver_options import ODESolveConfig, ODEStats
-from .._specs import ODENetSpec, OptimizerSpec
+from .._protocols import empty_row_stats
+from .._solver_options import ODEStats
+from .._specs import Hyper, ODENetSpec
 from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
 from .solve import odeint, odeint_rows
 
-__all__ = ["make_program", "ODENetProgram"]
+__all__ = ["make_program", "Adam", "ODENetProgram"]
 
 
 def make_program(spec: Any):
@@ -23,28 +24,35 @@ def make_program(spec: Any):
 
 
 class Adam:
-    """Adam with bias correction, the update of ``torch.optim.Adam`` and ``optax.adam``."""
+    """Adam with bias correction, the update of ``torch.optim.Adam`` and ``optax.adam``.
 
-    def __init__(self, spec: OptimizerSpec):
-        self.spec = spec
+    State: ``{"m", "v"}`` (dicts like the parameters) and the step ``count``.
+    """
 
-    def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
-        zeros = {k: np.zeros_like(v) for k, v in params.items()}
-        return {"m": zeros, "v": {k: np.zeros_like(v) for k, v in params.items()}, "count": 0}
+    @staticmethod
+    def init(params: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"m": {k: np.zeros_like(v) for k, v in params.items()},
+                "v": {k: np.zeros_like(v) for k, v in params.items()}, "count": 0}
 
-    def update(self, params, grads, state):
-        s = self.spec
+    @staticmethod
+    def update(params, grads, state, hyper: Hyper):
         count = state["count"] + 1
-        lr = s.learning_rate * np.sqrt(1 - s.beta2**count) / (1 - s.beta1**count)
+        b1, b2 = hyper.beta1, hyper.beta2
+        lr = hyper.learning_rate * np.sqrt(1 - b2**count) / (1 - b1**count)
+        # eps is scaled like torch/optax: added to sqrt(v_hat), not sqrt(v).
+        eps_hat = hyper.epsilon * np.sqrt(1 - b2**count)
         new_params, m, v = {}, {}, {}
         for k, g in grads.items():
-            m[k] = s.beta1 * state["m"][k] + (1 - s.beta1) * g
-            v[k] = s.beta2 * state["v"][k] + (1 - s.beta2) * g * g
-            # eps is scaled like torch/optax: added to sqrt(v_hat), not sqrt(v).
-            eps_hat = s.epsilon * np.sqrt(1 - s.beta2**count)
+            m[k] = b1 * state["m"][k] + (1 - b1) * g
+            v[k] = b2 * state["v"][k] + (1 - b2) * g * g
             new_params[k] = (params[k] - lr * m[k] / (np.sqrt(v[k]) + eps_hat)).astype(
                 params[k].dtype)
         return new_params, {"m": m, "v": v, "count": count}
+
+
+def l2_penalty(params, names, alpha: float, batch_size: int):
+    """scikit-learn's MLP penalty ``0.5 * alpha * sum(W**2) / batch_size``."""
+    return 0.5 * alpha * sum(anp.sum(params[k] ** 2) for k in names) / batch_size
 
 
 class ODENetProgram:
@@ -55,9 +63,8 @@ class ODENetProgram:
         self.field = mlp_field("field", spec.n_field_layers, spec.field_activation)
         self.inference_field = mlp_field("field", spec.n_field_layers, spec.field_activation,
                                          xp=np)
-        self.optimizer = Adam(spec.optimizer)
         self.dtype = np.dtype(spec.dtype)
-        self.times = np.array([0.0, spec.t1])
+        self.penalized = spec.penalized_names()
 
     def _initial_state(self, params, X):
         spec = self.spec
@@ -71,38 +78,48 @@ class ODENetProgram:
     def _field_params(params):
         return {k: v for k, v in params.items() if k.startswith("field.")}
 
-    def init(self, params: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
+        self.spec.check_params(params)
         params = {k: np.array(v, dtype=self.dtype) for k, v in params.items()}
-        return {"params": params, "opt": self.optimizer.init(params)}
+        return {"params": params, "opt": Adam.init(params)}
 
-    def step(self, state, batch):
+    def _loss(self, params, X, y, hyper: Hyper, holder: dict):
+        zs, holder["stats"] = odeint(self.field, self._initial_state(params, X),
+                                     np.array([0.0, hyper.t1]), self._field_params(params),
+                                     hyper.solve)
+        logits = dense(params, "head", zs[-1])
+        data_loss = -anp.mean(log_softmax(logits)[np.arange(len(y)), y])
+        return data_loss + l2_penalty(params, self.penalized, hyper.alpha, len(y))
+
+    @staticmethod
+    def _metrics(loss, stats: ODEStats) -> dict[str, float]:
+        return {"loss": float(loss), "nfe_forward": stats.nfe_forward,
+                "nfe_backward": stats.nfe_backward}
+
+    def step(self, state, batch, hyper: Hyper):
         X, y = batch
         X = np.asarray(X, dtype=self.dtype)
-        spec = self.spec
-        stats_box: dict[str, ODEStats] = {}
+        holder: dict[str, ODEStats] = {}
+        loss, grads = value_and_grad(self._loss)(state["params"], X, y, hyper, holder)
+        params, opt = Adam.update(state["params"], grads, state["opt"], hyper)
+        return {"params": params, "opt": opt}, self._metrics(loss, holder["stats"])
 
-        def loss_fn(params):
-            zs, stats_box["stats"] = odeint(self.field, self._initial_state(params, X),
-                                            self.times, self._field_params(params), spec.solve)
-            logits = dense(params, "head", zs[-1])
-            data_loss = -anp.mean(log_softmax(logits)[np.arange(len(y)), y])
-            penalty = sum(anp.sum(params[k] ** 2) for k in spec.weight_names())
-            return data_loss + 0.5 * spec.optimizer.alpha * penalty / len(y)
-
-        loss, grads = value_and_grad(loss_fn)(state["params"])
-        params, opt = self.optimizer.update(state["params"], grads, state["opt"])
-        stats = stats_box["stats"]
-        metrics = {"loss": float(loss), "nfe_forward": stats.nfe_forward,
-                   "nfe_backward": stats.nfe_backward}
-        return {"params": params, "opt": opt}, metrics
+    def evaluate(self, state, batch, hyper: Hyper) -> dict[str, float]:
+        X, y = batch
+        holder: dict[str, ODEStats] = {}
+        loss = self._loss(state["params"], np.asarray(X, dtype=self.dtype), y, hyper, holder)
+        return self._metrics(loss, holder["stats"])
 
     def get_params(self, state) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in state["params"].items()}
 
-    def predict(self, params, X, solve: ODESolveConfig):
+    def predict(self, params, X, hyper: Hyper):
         """Log-probabilities; each input is solved with its own adaptive steps."""
+        self.spec.check_params(params)
+        if len(X) == 0:
+            return np.zeros((0, self.spec.n_outputs), dtype=self.dtype), empty_row_stats()
         params = {k: np.asarray(v, dtype=self.dtype) for k, v in params.items()}
         z0 = self._initial_state(params, np.asarray(X, dtype=self.dtype))
-        zs, stats = odeint_rows(self.inference_field, z0, self.times,
-                                self._field_params(params), solve)
+        zs, stats = odeint_rows(self.inference_field, z0, np.array([0.0, hyper.t1]),
+                                self._field_params(params), hyper.solve)
         return np.asarray(log_softmax(dense(params, "head", zs[-1]))), stats
