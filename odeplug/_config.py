@@ -8,10 +8,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["get_config", "set_config", "config_context", "resolve_backend_name"]
+__all__ = ["get_config", "set_config", "config_context", "resolve_backend_name",
+           "resolve_jax_cache_dir"]
 
 ENV_BACKEND = "ODEPLUG_BACKEND"
+ENV_JAX_CACHE_DIR = "ODEPLUG_JAX_CACHE_DIR"
 DEFAULT_BACKEND = "reference"
+# Values of ODEPLUG_JAX_CACHE_DIR that turn the persistent compilation cache off.
+_OFF = ("", "0", "off", "none", "false")
 
 _global_config: dict[str, Any] = {
     # None: the environment variable ODEPLUG_BACKEND, then "reference".
@@ -21,6 +25,9 @@ _global_config: dict[str, Any] = {
     # count ran an ODE-Net ~9x slower on a 2-core machine), and one thread per
     # process never oversubscribes under joblib's n_jobs. None leaves them alone.
     "num_threads": 1,
+    # JAX's persistent compilation cache: None means the environment variable
+    # ODEPLUG_JAX_CACHE_DIR, then a folder in the user's cache directory; "" turns it off.
+    "jax_cache_dir": None,
 }
 _local = threading.local()
 
@@ -39,12 +46,16 @@ def get_config() -> dict[str, Any]:
     config : dict
         ``backend``: the engine used when none is given (None means the environment
         variable ``ODEPLUG_BACKEND``, then ``"reference"``); ``num_threads``: threads
-        that torch and BLAS may use inside odeplug (None: leave them as they are).
+        that torch and BLAS may use inside odeplug (None: leave them as they are);
+        ``jax_cache_dir``: the folder of JAX's persistent compilation cache (None: the
+        environment variable ``ODEPLUG_JAX_CACHE_DIR``, then
+        ``~/.cache/odeplug/jax``; ``""``: off).
     """
     return dict(_thread_config())
 
 
-def set_config(backend: str | None = None, num_threads: int | None | str = "unchanged") -> None:
+def set_config(backend: str | None = None, num_threads: int | None | str = "unchanged",
+               jax_cache_dir: str | None = "unchanged") -> None:
     """Set odeplug's configuration for the current thread.
 
     Parameters
@@ -55,6 +66,13 @@ def set_config(backend: str | None = None, num_threads: int | None | str = "unch
     num_threads : int or None, optional
         Threads for torch and BLAS inside odeplug; ``None`` leaves the libraries'
         own settings alone. Not given: unchanged.
+    jax_cache_dir : str or None, optional
+        Folder of JAX's persistent compilation cache, which the JAX engine turns on when
+        it is first used in a process (a second process, a joblib worker or a rerun of a
+        script then skips XLA's compilations): ``None`` for the default
+        (``ODEPLUG_JAX_CACHE_DIR``, else ``~/.cache/odeplug/jax``), ``""`` to turn it
+        off. A folder set with JAX's own ``jax_compilation_cache_dir`` is left alone.
+        Not given: unchanged.
 
     Examples
     --------
@@ -72,6 +90,10 @@ def set_config(backend: str | None = None, num_threads: int | None | str = "unch
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
         config["num_threads"] = num_threads
+    if jax_cache_dir != "unchanged":
+        if jax_cache_dir is not None and not isinstance(jax_cache_dir, (str, os.PathLike)):
+            raise TypeError(f"jax_cache_dir must be a path, '' or None, got {jax_cache_dir!r}")
+        config["jax_cache_dir"] = None if jax_cache_dir is None else os.fspath(jax_cache_dir)
 
 
 @contextmanager
@@ -92,6 +114,20 @@ def config_context(**new_config: Any) -> Iterator[None]:
     finally:
         _thread_config().clear()
         _thread_config().update(old)
+
+
+def resolve_jax_cache_dir() -> str | None:
+    """The folder of JAX's persistent compilation cache, or None for no cache: the
+    configuration, else ``ODEPLUG_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/odeplug/jax``
+    (``~/.cache/odeplug/jax``)."""
+    configured = _thread_config()["jax_cache_dir"]
+    if configured is None:
+        configured = os.environ.get(ENV_JAX_CACHE_DIR)
+    if configured is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                 ".cache")
+        return os.path.join(base, "odeplug", "jax")
+    return None if configured.strip().lower() in _OFF else configured
 
 
 def resolve_backend_name(backend: str | None = None) -> str:

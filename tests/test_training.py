@@ -1,0 +1,149 @@
+"""The training loop on its own, with a scripted program: which parameters it keeps when a
+step diverges, explodes, fails or is interrupted, what it records, and its batches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from odeplug import SolverError, TrainingDivergedError
+from odeplug._training import EXPLOSION_FACTOR, TrainingHistory, epoch_batches, train
+
+
+class Scripted:
+    """A program whose parameter is a step counter and whose losses follow a script.
+
+    ``losses[k]`` is the loss reported by step ``k`` (from 0), the loss of the parameters
+    after ``k`` steps; an exception instance in the script is raised by that step.
+    ``evaluate`` reports ``final`` (the loss of the parameters after the last step).
+    """
+
+    def __init__(self, losses, final=0.5, metrics=None):
+        self.losses = list(losses)
+        self.final = final
+        self.metrics = metrics or {}
+        self.batches = []
+
+    def init(self, params):
+        return {"w": np.array(0.0)}
+
+    def step(self, state, batch, hyper):
+        k = int(state["w"])
+        self.batches.append(batch)
+        outcome = self.losses[k]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return {"w": np.array(k + 1.0)}, {"loss": outcome, "nfe_forward": 10 + k,
+                                         "nfe_backward": None, **self.metrics}
+
+    def evaluate(self, state, batch, hyper):
+        if isinstance(self.final, BaseException):
+            raise self.final
+        return {"loss": self.final, "nfe_forward": 1, "nfe_backward": None}
+
+    def get_params(self, state):
+        return {"w": state["w"].copy()}
+
+
+def run(program, n_samples=8, batch_size=4, max_iter=3, history=None, **kwargs):
+    history = TrainingHistory() if history is None else history
+    X = np.arange(n_samples, dtype=float)[:, None]
+    outcome = train(program, program.init(None), (X,), history, hyper=None,
+                    max_iter=max_iter, batch_size=batch_size,
+                    rng=np.random.RandomState(0), tol=0.0, n_iter_no_change=100, **kwargs)
+    return outcome, history
+
+
+def test_records_every_metric_per_epoch():
+    program = Scripted([4.0, 2.0, 3.0, 1.0], metrics={"kl": 0.25})
+    outcome, history = run(program, max_iter=2)
+    assert history.curves["loss"] == [3.0, 2.0]  # means of two batches per epoch
+    assert history.curves["nfe_forward"] == [10.5, 12.5]
+    assert history.curves["nfe_backward"] == [None, None]
+    assert history.curves["kl"] == [0.25, 0.25]
+    assert history.n_iter == 2 and history.t_ == 16
+    assert outcome.params == {"w": 4.0} and not outcome.converged
+
+
+def test_a_non_finite_loss_keeps_the_parameters_it_last_verified():
+    # Step 3's loss (of the parameters after 3 steps) is NaN: the last parameters with a
+    # finite loss are those after 2 steps.
+    program = Scripted([4.0, 2.0, 3.0, math.nan, 1.0])
+    with pytest.raises(TrainingDivergedError, match="the loss became nan") as info:
+        run(program)
+    assert info.value.params == {"w": 2.0}
+    assert info.value.epoch == 2
+
+
+def test_an_exploding_loss_is_divergence():
+    best = 2.0
+    just_below = best + EXPLOSION_FACTOR * best - 1.0
+    run(Scripted([4.0, best, just_below, 1.0, 1.0, 1.0]))  # no error below the bound
+    with pytest.raises(TrainingDivergedError, match="exploded to 1e\\+07") as info:
+        run(Scripted([4.0, best, 1e7, 1.0]))
+    assert info.value.params == {"w": 1.0}
+
+
+def test_a_failed_solve_in_the_first_step_verifies_nothing():
+    error = SolverError("max_num_steps=5 exceeded at t=0.3", reason="max_num_steps", t=0.3)
+    with pytest.raises(TrainingDivergedError, match="the ODE solve failed") as info:
+        run(Scripted([error]))
+    assert info.value.params is None
+    assert isinstance(info.value.__cause__, SolverError)
+
+
+def test_the_last_step_is_verified_after_the_loop():
+    # A fit that ends right after an update that broke the parameters: no later step
+    # reports it, the final evaluation does.
+    with pytest.raises(TrainingDivergedError, match="after the last step") as info:
+        run(Scripted([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], final=math.inf))
+    assert info.value.params == {"w": 5.0}
+    outcome, _ = run(Scripted([1.0] * 6, final=0.9))
+    assert outcome.params == {"w": 6.0}
+
+
+def test_ctrl_c_before_an_epoch_completed_propagates():
+    with pytest.raises(KeyboardInterrupt):
+        run(Scripted([1.0, KeyboardInterrupt()]))
+
+
+def test_ctrl_c_after_an_epoch_keeps_the_verified_parameters():
+    program = Scripted([4.0, 2.0, 3.0, KeyboardInterrupt()])
+    outcome, history = run(program)
+    assert outcome.interrupted and "epoch 2" in outcome.interrupted
+    assert outcome.params == {"w": 2.0}  # the loss of w=3 was never computed
+    assert history.n_iter == 1  # only completed epochs are recorded
+
+
+def test_early_stopping_keeps_the_best_scoring_parameters():
+    scores = iter([0.2, 0.9, 0.5, 0.4])
+    program = Scripted([1.0] * 8)
+    outcome, history = run(program, max_iter=4, validation_score=lambda p: next(scores))
+    assert history.validation_scores == [0.2, 0.9, 0.5, 0.4]
+    assert outcome.params == {"w": 4.0}  # after epoch 2 (two steps per epoch)
+    assert history.best_validation_score == 0.9
+
+
+def test_a_failed_validation_solve_is_divergence():
+    def score(params):
+        raise SolverError("step size underflow at t=0.5", reason="step_size_underflow", t=0.5)
+
+    with pytest.raises(TrainingDivergedError, match="validation split failed"):
+        run(Scripted([1.0] * 8), validation_score=score)
+
+
+def test_batches_have_one_size_and_cover_every_sample():
+    rng = np.random.RandomState(3)
+    batches = epoch_batches(10, 4, rng)
+    assert [len(b) for b in batches] == [4, 4, 4]
+    assert set(np.concatenate(batches)) == set(range(10))
+    assert [len(b) for b in epoch_batches(3, 200, rng)] == [3]
+
+
+def test_noise_is_drawn_per_batch_from_the_generator():
+    program = Scripted([1.0] * 6)
+    run(program, max_iter=1, draw_noise=lambda rng, n: (rng.normal(size=(n, 2)),))
+    first, second = program.batches
+    assert first[1].shape == (4, 2) and not np.array_equal(first[1], second[1])
