@@ -1,10 +1,14 @@
 """ODE-Net on scikit-learn's digits: accuracy, cost, and precision traded for speed.
 
 Fits ``Pipeline(StandardScaler(), ODEClassifier())`` with default parameters on a
-stratified 75/25 split of ``load_digits`` (``random_state=0``), prints the test accuracy,
-the fit time and the function evaluations (NFE) per training batch and per test input,
-then, without refitting, predicts again at looser and tighter tolerances (``set_params``)
-and saves a figure of test accuracy and predict time against ``rtol``.
+stratified 75/25 split of ``load_digits`` (``random_state=0``), with a progress bar,
+prints the test accuracy, the fit time and the function evaluations (NFE) per training
+batch and per test input. Then, without refitting, it predicts the test set again at
+looser and tighter tolerances (``set_params(rtol=...)``: the solver settings are read at
+predict time), from ``rtol = 10`` (the solver barely controls its error) to ``1e-6``, and
+also with Euler and RK4 of 1 to 8 fixed steps, and saves a figure of test accuracy
+against the cost per input (NFE), and of the NFE, the numerical error of the predicted
+log-probabilities and the predict time against ``rtol``.
 
 Run from the repository root::
 
@@ -15,16 +19,24 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import numpy as np
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import odeplug
 
-RTOLS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-5)
+# From a tolerance the error control barely constrains (accuracy falls) to a tight one
+# (accuracy flat, cost growing); atol = rtol / 10 throughout.
+RTOLS = (10.0, 3.0, 1.0, 3e-1, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+REPEATS = 5  # predict timings per setting: median and range
+# Fixed-step solvers with this many steps over [0, t1]: the cheap end, where accuracy
+# falls.
+FIXED_STEPS = (1, 2, 4, 8)
 
 
 def main() -> None:
@@ -34,72 +46,125 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=None,
                         help="epochs (default: the estimator's default)")
     parser.add_argument("--output", default="digits_tolerance.png", help="figure path")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args()
 
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=0.25, stratify=y, random_state=0)
 
-    clf = odeplug.ODEClassifier(backend=args.backend, random_state=args.random_state)
+    clf = odeplug.ODEClassifier(backend=args.backend, random_state=args.random_state,
+                                verbose=0 if args.quiet else 1)
     if args.max_iter is not None:
         clf.set_params(max_iter=args.max_iter)
     model = make_pipeline(StandardScaler(), clf)
     start = time.perf_counter()
-    model.fit(X_train, y_train)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(X_train, y_train)
     fit_time = time.perf_counter() - start
     fitted_rtol = clf.rtol
 
-    print(f"engine: {clf.backend_}    epochs: {clf.n_iter_}    fit time: {fit_time:.1f} s")
+    stopped = ("max_iter reached, loss still improving"
+               if any(issubclass(w.category, ConvergenceWarning) for w in caught)
+               else "converged")
+    print(f"engine: {clf.backend_}    epochs: {clf.n_iter_} ({stopped})    "
+          f"fit time: {fit_time:.1f} s (compilation included)")
     backward = clf.nfe_["backward"]
     print(f"training NFE per batch (last epoch): forward {clf.nfe_['forward']:.0f}, "
           f"backward {'n/a' if backward is None else f'{backward:.0f}'}")
 
-    # The same fitted parameters, solved at other tolerances: rtol and atol are read at
-    # predict time. inference_stats gives each input's cost without changing the model.
-    rows = []
-    for rtol in sorted({*RTOLS, fitted_rtol}, reverse=True):
-        clf.set_params(rtol=rtol, atol=rtol / 10)
-        model.predict(X_test)  # warm-up: jax compiles once per solver setting and size
-        start = time.perf_counter()
-        accuracy = model.score(X_test, y_test)
-        predict_time = time.perf_counter() - start
-        nfe = clf.inference_stats(model[0].transform(X_test))["nfe_forward"]
-        rows.append((rtol, accuracy, predict_time, nfe.mean(), nfe.min(), nfe.max()))
-    clf.set_params(rtol=fitted_rtol, atol=fitted_rtol / 10)
+    # The same fitted parameters, solved at other tolerances and with cheap fixed-step
+    # solvers: the solver settings are read at predict time. inference_stats gives each
+    # input's cost without changing the model.
+    Z_test = model[0].transform(X_test)
+    reference = clf.set_params(rtol=1e-8, atol=1e-9).predict_log_proba(Z_test)
+    rows = [_measure(clf, Z_test, y_test, reference, rtol=rtol, atol=rtol / 10)
+            for rtol in sorted({*RTOLS, fitted_rtol}, reverse=True)]
+    fixed = [_measure(clf, Z_test, y_test, reference, solver=solver, step_size=1 / n_steps)
+             for solver in ("euler", "rk4") for n_steps in FIXED_STEPS]
+    clf.set_params(solver="dopri5", step_size=None, rtol=fitted_rtol, atol=fitted_rtol / 10)
 
-    print(f"\n{'rtol':>7} {'accuracy':>9} {'predict (s)':>12} {'NFE per input':>22}")
-    for rtol, accuracy, predict_time, mean, low, high in rows:
-        mark = "  <- as fitted" if rtol == fitted_rtol else ""
-        print(f"{rtol:7.0e} {accuracy:9.4f} {predict_time:12.3f} "
-              f"{mean:9.1f} [{low:.0f}, {high:.0f}]{mark}")
-    test_accuracy = next(r[1] for r in rows if r[0] == fitted_rtol)
+    print(f"\n{'solver':>8} {'setting':>12} {'accuracy':>9} {'max |log p error|':>18} "
+          f"{'NFE per input: mean [p10, p90]':>31} {'predict s: median [min, max]':>29}")
+    for row in rows + fixed:
+        mark = "  <- as fitted" if row["rtol"] == fitted_rtol else ""
+        setting = (f"rtol {row['rtol']:.0e}" if row["solver"] == "dopri5"
+                   else f"{round(1 / row['step_size'])} steps")
+        print(f"{row['solver']:>8} {setting:>12} {row['accuracy']:9.4f} {row['error']:18.2e} "
+              f"{row['nfe']:14.1f} [{row['nfe10']:.0f}, {row['nfe90']:.0f}]"
+              f"{row['time']:17.3f} [{row['time_min']:.3f}, {row['time_max']:.3f}]{mark}")
+    test_accuracy = next(r["accuracy"] for r in rows if r["rtol"] == fitted_rtol)
     print(f"\ntest accuracy: {test_accuracy:.4f}")
 
-    _plot(rows, fitted_rtol, clf.backend_, args.output)
+    _plot(rows, fixed, fitted_rtol, clf.backend_, len(X_test), args.output)
     print(f"figure: {args.output}")
 
 
-def _plot(rows, fitted_rtol: float, engine: str, path: str) -> None:
+def _measure(clf, Z, y, reference, **solver_params) -> dict:
+    """Accuracy, error of the log-probabilities against a tight solve, NFE per input and
+    predict time (median of REPEATS, after a warm-up) at one solver setting."""
+    clf.set_params(**solver_params)
+    log_proba = clf.predict_log_proba(Z)  # also the warm-up: jax compiles once per solver
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        clf.predict(Z)
+        times.append(time.perf_counter() - start)
+    nfe = clf.inference_stats(Z)["nfe_forward"]
+    return {"solver": clf.solver, "rtol": clf.rtol, "step_size": clf.step_size,
+            "accuracy": float(np.mean(clf.classes_[log_proba.argmax(axis=1)] == y)),
+            "error": float(np.abs(log_proba - reference).max()),
+            "nfe": nfe.mean(), "nfe10": np.percentile(nfe, 10), "nfe90": np.percentile(nfe, 90),
+            "time": np.median(times), "time_min": min(times), "time_max": max(times)}
+
+
+def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rtol, accuracy, predict_time, nfe = (np.array([r[i] for r in rows]) for i in range(4))
-    fig, (ax_acc, ax_time) = plt.subplots(1, 2, figsize=(9, 3.5), constrained_layout=True)
-    ax_acc.semilogx(rtol, accuracy, "o-")
-    ax_acc.set(xlabel="rtol at predict time (atol = rtol / 10)", ylabel="test accuracy")
-    ax_time.loglog(rtol, predict_time, "o-", label="predict time (s)")
-    ax_time.loglog(rtol, nfe / nfe.max() * predict_time.max(), "s--",
-                   label="mean NFE per input (scaled)")
-    ax_time.set(xlabel="rtol at predict time (atol = rtol / 10)",
-                ylabel="predict time, 450 digits (s)")
-    ax_time.legend()
-    for ax in (ax_acc, ax_time):
+    def column(table, key):
+        return np.array([r[key] for r in table])
+
+    rtol = column(rows, "rtol")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
+    ax_acc, ax_nfe, ax_err, ax_time = axes.ravel()
+
+    ax_acc.semilogx(column(rows, "nfe"), column(rows, "accuracy"), "o-",
+                    label="dopri5, rtol 1e1 to 1e-6")
+    for solver, marker in (("euler", "s--"), ("rk4", "^--")):
+        table = [r for r in fixed if r["solver"] == solver]
+        ax_acc.semilogx(column(table, "nfe"), column(table, "accuracy"), marker,
+                        label=f"{solver}, {', '.join(str(n) for n in FIXED_STEPS)} steps")
+    ax_acc.set(xlabel="mean function evaluations (NFE) per input",
+               ylabel=f"test accuracy ({n_test} digits)",
+               title="test accuracy against the cost per input")
+    ax_acc.legend(fontsize=8)
+
+    ax_nfe.semilogx(rtol, column(rows, "nfe"), "o-", label="mean")
+    ax_nfe.fill_between(rtol, column(rows, "nfe10"), column(rows, "nfe90"), alpha=0.3,
+                        label="10th to 90th percentile of the inputs")
+    ax_nfe.set(ylabel="NFE per input (dopri5)", title="cost per input")
+    ax_nfe.legend(fontsize=8)
+
+    ax_err.loglog(rtol, column(rows, "error"), "o-")
+    ax_err.set(ylabel="max |log p - log p(rtol 1e-8)| over the test set",
+               title="numerical error of the predicted log-probabilities")
+
+    median = column(rows, "time")
+    ax_time.errorbar(rtol, median, yerr=[median - column(rows, "time_min"),
+                                         column(rows, "time_max") - median],
+                     fmt="o-", capsize=3)
+    ax_time.set(xscale="log", ylabel=f"predict time for {n_test} digits (s)",
+                title=f"wall time: median, min to max of {REPEATS} predictions")
+    for ax in (ax_nfe, ax_err, ax_time):
+        ax.set_xlabel("rtol at predict time (atol = rtol / 10)")
         ax.axvline(fitted_rtol, color="grey", lw=0.8, ls=":")
         ax.invert_xaxis()  # precision grows to the right
-    fig.suptitle(f"ODEClassifier on digits ({engine} engine): one fit, "
-                 "tolerance chosen at predict time")
+    fig.suptitle(f"ODEClassifier on digits ({engine} engine): one fit at rtol = "
+                 f"{fitted_rtol:g} (dotted line), solver settings chosen at predict time")
     fig.savefig(path, dpi=120)
 
 
