@@ -28,7 +28,7 @@ class JaxBackend(Backend):
         return odeint(func, y0, t, args, config, count_backward=count_backward)
 
     def make_program(self, spec: Any) -> Any:
-        from .models import make_program
+        from .programs import make_program
 
         return make_program(spec)
 

@@ -337,7 +337,7 @@ def memory_case(engine: str, t1: float, adjoint: bool) -> dict:
         program.field = sampled_field
         measured = _common.peak_memory(engine, step, method="malloc", sampler=sampler)
     else:
-        from odeplug_backends.jax import models
+        from odeplug_backends.jax import programs as models
 
         state = program.init(params, 0)
         compiled = models._train_step(spec).lower(

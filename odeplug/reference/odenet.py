@@ -1,4 +1,4 @@
-"""Programs of the model families on the reference engine (autograd + NumPy Adam)."""
+"""The ODE-Net on the reference engine (autograd + NumPy Adam)."""
 
 from __future__ import annotations
 
@@ -12,47 +12,10 @@ from .._protocols import empty_row_stats
 from .._solver_options import ODEStats
 from .._specs import Hyper, ODENetSpec
 from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
+from .programs import Adam, l2_penalty
 from .solve import odeint, odeint_rows
 
-__all__ = ["make_program", "Adam", "ODENetProgram"]
-
-
-def make_program(spec: Any):
-    if isinstance(spec, ODENetSpec):
-        return ODENetProgram(spec)
-    raise NotImplementedError(f"the reference engine has no program for {type(spec).__name__}")
-
-
-class Adam:
-    """Adam with bias correction, the update of ``torch.optim.Adam`` and ``optax.adam``.
-
-    State: ``{"m", "v"}`` (dicts like the parameters) and the step ``count``.
-    """
-
-    @staticmethod
-    def init(params: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {"m": {k: np.zeros_like(v) for k, v in params.items()},
-                "v": {k: np.zeros_like(v) for k, v in params.items()}, "count": 0}
-
-    @staticmethod
-    def update(params, grads, state, hyper: Hyper):
-        count = state["count"] + 1
-        b1, b2 = hyper.beta1, hyper.beta2
-        lr = hyper.learning_rate * np.sqrt(1 - b2**count) / (1 - b1**count)
-        # eps is scaled like torch/optax: added to sqrt(v_hat), not sqrt(v).
-        eps_hat = hyper.epsilon * np.sqrt(1 - b2**count)
-        new_params, m, v = {}, {}, {}
-        for k, g in grads.items():
-            m[k] = b1 * state["m"][k] + (1 - b1) * g
-            v[k] = b2 * state["v"][k] + (1 - b2) * g * g
-            new_params[k] = (params[k] - lr * m[k] / (np.sqrt(v[k]) + eps_hat)).astype(
-                params[k].dtype)
-        return new_params, {"m": m, "v": v, "count": count}
-
-
-def l2_penalty(params, names, alpha: float, batch_size: int):
-    """scikit-learn's MLP penalty ``0.5 * alpha * sum(W**2) / batch_size``."""
-    return 0.5 * alpha * sum(anp.sum(params[k] ** 2) for k in names) / batch_size
+__all__ = ["ODENetProgram"]
 
 
 class ODENetProgram:

@@ -1,4 +1,4 @@
-"""Programs of the model families on the torch engine (torchdiffeq + ``torch.optim.Adam``).
+"""The ODE-Net on the torch engine (torchdiffeq + ``torch.optim.Adam``).
 
 The same computation as the reference engine's programs (``odeplug.reference.models``):
 same parameters, same loss, same optimiser update, so that both give the same result up
@@ -18,28 +18,10 @@ from odeplug._protocols import empty_row_stats
 from odeplug._specs import Hyper, ODENetSpec
 
 from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
+from .programs import adam, l2_penalty, set_adam_hyper, tensor, view
 from .solve import odeint, odeint_rows
 
-__all__ = ["make_program", "ODENetProgram"]
-
-
-def make_program(spec: Any):
-    if isinstance(spec, ODENetSpec):
-        return ODENetProgram(spec)
-    raise NotImplementedError(f"the torch engine has no program for {type(spec).__name__}")
-
-
-def _tensor(array: Any, dtype: np.dtype) -> torch.Tensor:
-    """A torch copy of a NumPy array (the caller's array is never shared)."""
-    return torch.from_numpy(np.array(array, dtype=dtype, order="C", copy=True))
-
-
-def _view(array: Any, dtype: np.dtype) -> torch.Tensor:
-    """A tensor on the memory of ``array`` where it has ``dtype`` already (read only here)."""
-    array = np.asarray(array, dtype=dtype)
-    if not (array.flags.c_contiguous and array.flags.writeable):
-        array = np.array(array, order="C")
-    return torch.from_numpy(array)
+__all__ = ["ODENetProgram"]
 
 
 class ODENetProgram:
@@ -83,12 +65,9 @@ class ODENetProgram:
 
     def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
         self.spec.check_params(params)
-        tensors = {k: _tensor(params[k], self.np_dtype).requires_grad_(True)
+        tensors = {k: tensor(params[k], self.np_dtype).requires_grad_(True)
                    for k in self.names}
-        # The L2 penalty is in the loss (as the reference engine's), not Adam's
-        # weight_decay: it is divided by the batch size and spares the biases. The step
-        # size and Adam's constants are set from the hyperparameters at every step.
-        opt = torch.optim.Adam(list(tensors.values()))
+        opt = adam(tensors.values())
         field = {k: tensors[k] for k in self.field_names}
         return {"params": tensors, "field": field, "opt": opt}
 
@@ -99,19 +78,17 @@ class ODENetProgram:
                            field_params, hyper.solve, check=check)
         logits = dense(params, "head", zs[-1])
         data_loss = F.cross_entropy(logits, y)
-        penalty = sum(torch.sum(params[k] ** 2) for k in self.penalized)
-        return data_loss + (0.5 * hyper.alpha / y.shape[0]) * penalty, stats
+        penalty = l2_penalty(params, self.penalized, hyper.alpha, y.shape[0])
+        return data_loss + penalty, stats
 
     def _batch(self, batch):
         X, y = batch
-        return _view(X, self.np_dtype), _view(y, np.int64)
+        return view(X, self.np_dtype), view(y, np.int64)
 
     def step(self, state: dict[str, Any], batch: tuple[np.ndarray, np.ndarray], hyper: Hyper):
         X, y = self._batch(batch)
         opt = state["opt"]
-        for group in opt.param_groups:
-            group.update(lr=hyper.learning_rate, betas=(hyper.beta1, hyper.beta2),
-                         eps=hyper.epsilon)
+        set_adam_hyper(opt, hyper)
         opt.zero_grad(set_to_none=True)
         loss, stats = self.loss(state["params"], state["field"], X, y, hyper,
                                 check=not self._checked)
@@ -147,9 +124,9 @@ class ODENetProgram:
         if len(X) == 0:
             return np.zeros((0, self.spec.n_outputs), dtype=self.np_dtype), empty_row_stats()
         with torch.inference_mode():
-            tensors = {k: _view(params[k], self.np_dtype) for k in self.names}
+            tensors = {k: view(params[k], self.np_dtype) for k in self.names}
             field_params = {k: tensors[k] for k in self.field_names}
-            X = _view(X, self.np_dtype)
+            X = view(X, self.np_dtype)
             z0 = torch.cat([self._initial_state(tensors, X[i : i + 1])
                             for i in range(X.shape[0])])
             zs, stats = odeint_rows(self.field, z0, self._times(hyper), field_params,
