@@ -136,7 +136,7 @@ class ODENetProgram:
         (params, opt), (loss, nfe) = run_step(
             compiled, self.np_dtype, hyper.solve, state["params"], state["opt"],
             np.asarray(X, dtype=self.np_dtype), np.asarray(y, dtype=np.int32),
-            traced_values(hyper))
+            traced_values(hyper, self.np_dtype))
         metrics = {"loss": float(loss), "nfe_forward": int(nfe), "nfe_backward": None}
         return {"params": params, "opt": opt}, metrics
 
@@ -161,5 +161,6 @@ class ODENetProgram:
         with precision(self.np_dtype):
             arrays = as_arrays(params, self.names, self.np_dtype)
         log_proba, stats = rows_in_chunks(_predict_rows(self.spec, solve_key(solve)), arrays,
-                                          X, traced_values(hyper), solve, self.np_dtype)
+                                          X, traced_values(hyper, self.np_dtype), solve,
+                                          self.np_dtype)
         return np.array(log_proba, dtype=self.np_dtype), stats

@@ -78,9 +78,11 @@ def solve_key(solve: ODESolveConfig) -> ODESolveConfig:
     return solve
 
 
-def traced_values(hyper: Hyper) -> dict[str, np.ndarray]:
-    """Every value of ``hyper`` as a 0-d array: inputs of the compiled functions."""
-    return {name: np.asarray(value) for name, value in hyper.values().items()}
+def traced_values(hyper: Hyper, dtype) -> dict[str, np.ndarray]:
+    """Every value of ``hyper`` as a 0-d array of the model's dtype: inputs of the
+    compiled functions. (A float64 array would promote a float32 model to float64 under
+    ``jax_enable_x64``, where Python floats, weakly typed, would not.)"""
+    return {name: np.asarray(value, dtype=dtype) for name, value in hyper.values().items()}
 
 
 def precision(dtype: np.dtype) -> contextlib.AbstractContextManager:

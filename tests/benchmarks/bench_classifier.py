@@ -237,17 +237,17 @@ def _odeplug_fit(engine, X, y, *, epochs, seed):
 def _hand_setup(X, y, epochs, seed):
     """The estimator's initial parameters and minibatches, for the hand loops."""
     import odeplug
+    from odeplug._training import epoch_batches
 
     clf = odeplug.ODEClassifier(max_iter=epochs, random_state=seed)
     # The estimator's draws from random_state: the parameters' seed, then each epoch's
-    # permutation.
+    # batches (all of one size: the last one filled up from the start of the epoch).
     rng = np.random.RandomState(seed)
     model_seed = int(rng.randint(np.iinfo(np.int32).max))
-    spec = clf._spec(X.shape[1], 10, "float32")
+    spec = clf._spec_of(X.shape[1], 10, "float32")
     params0 = spec.init_params(model_seed)
     batch = min(200, len(X))
-    order = [np.array_split(perm, range(batch, len(X), batch))
-             for perm in (rng.permutation(len(X)) for _ in range(epochs))]
+    order = [epoch_batches(len(X), batch, rng) for _ in range(epochs)]
     settings = dict(epochs=epochs, batch_size=batch, alpha=clf.alpha,
                     lr=clf.learning_rate_init, rtol=clf.rtol, atol=clf.atol, order=order)
     return params0, settings
@@ -292,6 +292,133 @@ def fit_time_table(epochs: int, repeats: int, seed: int = 0) -> list[dict]:
         print(f"  {name:18s} median {np.median(times[name]):7.2f} s  "
               f"{np.round(times[name], 2).tolist()}  first epoch {warm[name]:.1f} s  "
               f"NFE/batch {nfe[name]:.1f}", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------- end to end
+
+# What a user waits for: a whole process (interpreter, imports, data, compilation, fit),
+# each case in a fresh process, its JAX compilation cache folder either new (cold) or
+# filled by an identical earlier process (warm).
+E2E_EPOCHS = 30
+GRID = {"learning_rate_init": (1e-3, 3e-3, 1e-2), "rtol": (1e-3, 1e-2, 1e-1)}
+GRID_EPOCHS = 10
+
+_E2E_CODE = """
+import json, sys, time
+start = time.perf_counter()
+sys.path.insert(0, {bench!r})
+import _common  # pins threads
+import bench_classifier as b
+out = b.e2e_case({case!r}, {epochs})
+out["process_s"] = time.perf_counter() - start
+print("E2E " + json.dumps(out))
+"""
+
+
+def e2e_case(case: str, epochs: int) -> dict:
+    """One end-to-end case, in this (fresh) process: ``odeplug`` or ``hand`` (a fit),
+    ``odeplug-grid`` or ``hand-grid`` (3 x 3 learning rates and tolerances, one
+    validation split, each point fitted and scored)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    X_train, X_val, y_train, y_val = digits_split()
+    X, y = X_train.astype(np.float32), y_train.astype(np.int64)
+    start = time.perf_counter()
+    if case == "odeplug":
+        import odeplug
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            odeplug.ODEClassifier(backend="jax", max_iter=epochs, tol=0.0,
+                                  random_state=0).fit(X, y)
+    elif case == "hand":
+        params0, settings = _hand_setup(X, y, epochs, 0)
+        _hand_jax(params0, X, y, **settings)
+    elif case == "odeplug-grid":
+        from odeplug_backends.jax import programs
+        from sklearn.model_selection import GridSearchCV, PredefinedSplit
+
+        import odeplug
+
+        Xs = np.concatenate([X, X_val.astype(np.float32)])
+        ys = np.concatenate([y, y_val])
+        split = PredefinedSplit(np.r_[np.full(len(X), -1), np.zeros(len(X_val))])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            GridSearchCV(odeplug.ODEClassifier(backend="jax", max_iter=epochs, tol=0.0,
+                                               random_state=0),
+                         {k: list(v) for k, v in GRID.items()}, cv=split,
+                         refit=False).fit(Xs, ys)
+        return {"fit_s": time.perf_counter() - start,
+                "traces": dict(programs.TRACE_COUNTS)}
+    elif case == "hand-grid":
+        import jax.numpy as jnp
+
+        params0, settings = _hand_setup(X, y, epochs, 0)
+        for lr in GRID["learning_rate_init"]:
+            for rtol in GRID["rtol"]:
+                # A user's loop closes over its settings: each point is a new function.
+                _hand_jax(params0, X, y, **dict(settings, lr=lr, rtol=rtol, atol=rtol / 10))
+                build, _ = _hand_jax_loop(settings["alpha"], lr, rtol, rtol / 10)
+                jnp.asarray(X_val)  # scoring needs its own compiled forward: left out
+    else:
+        raise ValueError(case)
+    return {"fit_s": time.perf_counter() - start}
+
+
+def _e2e_run(case: str, epochs: int, cache: str | None) -> dict:
+    import os
+
+    env = dict(os.environ)
+    env["ODEPLUG_JAX_CACHE_DIR"] = cache or ""
+    if cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache  # the hand loop's user turns it on too
+    else:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    code = _E2E_CODE.format(bench=str(Path(__file__).resolve().parent), case=case,
+                            epochs=epochs)
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, cwd=_common.REPO, check=True)
+    wall = time.perf_counter() - start
+    line = next(x for x in out.stdout.splitlines() if x.startswith("E2E "))
+    return {**json.loads(line[4:]), "wall_s": wall}
+
+
+def e2e_table(repeats: int, epochs: int = E2E_EPOCHS, grid_epochs: int = GRID_EPOCHS
+              ) -> list[dict]:
+    """Fresh processes, interleaved odeplug / hand; cold (a new cache folder each run),
+    then warm (a folder filled by the cold run of the same case)."""
+    import tempfile
+
+    rows = []
+    for label, pair, n_epochs in (("first fit, 30 epochs", ("odeplug", "hand"), epochs),
+                                  ("3 x 3 grid, 10 epochs", ("odeplug-grid", "hand-grid"),
+                                   grid_epochs)):
+        for warm in (False, True):
+            samples = {case: [] for case in pair}
+            details = {}
+            for _ in range(repeats):
+                for case in pair:
+                    with tempfile.TemporaryDirectory() as cache:
+                        if warm:
+                            _e2e_run(case, n_epochs, cache)
+                        result = _e2e_run(case, n_epochs, cache)
+                    samples[case].append(result["wall_s"])
+                    details[case] = result
+            row = {"what": label, "cache": "warm" if warm else "cold",
+                   "odeplug_s": samples[pair[0]], "hand_s": samples[pair[1]],
+                   "ratio": _common.paired_ratio(samples[pair[0]], samples[pair[1]]),
+                   "odeplug_fit_s": details[pair[0]]["fit_s"],
+                   "hand_fit_s": details[pair[1]]["fit_s"],
+                   "traces": details[pair[0]].get("traces")}
+            rows.append(row)
+            print(f"  {label:22s} {row['cache']}: odeplug {np.median(row['odeplug_s']):6.1f} s"
+                  f"  hand {np.median(row['hand_s']):6.1f} s  ratio {row['ratio']:.3f}"
+                  f"  traces {row['traces']}", flush=True)
     return rows
 
 
@@ -377,8 +504,8 @@ def report(parts: dict) -> str:
              "`python tests/benchmarks/bench_classifier.py`: stratified 75/25 split of "
              "`load_digits` (`random_state=0`), standardised; one thread per process. "
              "Each part below says when it was run (`--only` reruns one part).", ""]
-    accuracy, fits, memory = (parts.get(k, {}).get("rows") for k in
-                              ("accuracy", "fits", "memory"))
+    accuracy, fits, memory, e2e = (parts.get(k, {}).get("rows") for k in
+                                   ("accuracy", "fits", "memory", "e2e"))
     if accuracy:
         lines += ["### Test accuracy, default parameters, mean of seeds "
                   f"{', '.join(map(str, SEEDS))}", "", parts["accuracy"]["run"], "",
@@ -391,6 +518,31 @@ def report(parts: dict) -> str:
         odes = [r for r in accuracy if r["model"].startswith("ODEClassifier")]
         met = all(r["mean"] >= 0.98 for r in odes)
         lines += ["", f"Target >= 0.98 on every engine: **{'met' if met else 'not met'}**.", ""]
+    if e2e:
+        lines += ["### End to end: what a user waits for (JAX engine)", "",
+                  parts["e2e"]["run"], "",
+                  "Each case is a whole fresh process (`python -c`: interpreter, imports, "
+                  "data, tracing, compilation, fit), wall clock, median of repeats, "
+                  "odeplug and the hand-written diffrax + equinox + optax loop "
+                  "(`BacksolveAdjoint`, the same architecture, initial parameters and "
+                  "minibatches) interleaved; ratio: the median of paired ratios. *cold*: a "
+                  "new, empty JAX compilation cache folder; *warm*: the folder an identical "
+                  "earlier process filled (odeplug turns its cache on by default; the hand "
+                  "loop's user is given `JAX_COMPILATION_CACHE_DIR` too). The grid is 3 "
+                  "learning rates x 3 `rtol` (atol = rtol / 10), each point fitted once on "
+                  "the training split: `GridSearchCV` with one predefined validation split "
+                  "and `refit=False` against the hand loop run 9 times (which recompiles "
+                  "for every point, its settings being constants of its jitted step; its "
+                  "scoring is left out, odeplug's is included).", "",
+                  "| what | cache | odeplug (s) | hand loop (s) | ratio | target | "
+                  "odeplug's compilations |", "|---|---|---|---|---|---|---|"]
+        for row in e2e:
+            traces = row["traces"] or {}
+            lines.append(f"| {row['what']} | {row['cache']} | "
+                         f"{np.median(row['odeplug_s']):.1f} | {np.median(row['hand_s']):.1f} "
+                         f"| **{row['ratio']:.3f}** | <= 1.0 | "
+                         f"{', '.join(f'{k} {v}' for k, v in sorted(traces.items())) or '-'} |")
+        lines.append("")
     if fits:
         by = {r["loop"]: r for r in fits}
         lines += ["### Fit time against hand-written loops", "", parts["fits"]["run"], "",
@@ -451,7 +603,7 @@ def report(parts: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run; writes nothing")
-    parser.add_argument("--only", choices=("accuracy", "fit", "memory", "none"),
+    parser.add_argument("--only", choices=("accuracy", "fit", "e2e", "memory", "none"),
                         help="run one part (the others keep their saved results); "
                              "'none' only rewrites the report from them")
     parser.add_argument("--memory-case", nargs=3, metavar=("ENGINE", "T1", "ADJOINT"))
@@ -462,19 +614,24 @@ def main() -> None:
         return
 
     quick = args.quick
-    accuracy = fits = memory = None
+    accuracy = fits = memory = e2e = None
     if args.only in (None, "accuracy"):
         print("accuracy:")
         accuracy = accuracy_table(SEEDS[:1] if quick else SEEDS)
     if args.only in (None, "fit"):
         print("fit time:")
         fits = fit_time_table(epochs=2 if quick else 10, repeats=1 if quick else 5)
+    if args.only in (None, "e2e"):
+        print("end to end:")
+        e2e = e2e_table(repeats=1 if quick else 3, epochs=2 if quick else E2E_EPOCHS,
+                        grid_epochs=1 if quick else GRID_EPOCHS)
     if args.only in (None, "memory"):
         print("memory:")
         memory = memory_table((1.0, 10.0) if quick else (1.0, 10.0, 50.0), ENGINES)
     run = _common.environment()
     parts = {key: {"run": run, "rows": rows}
-             for key, rows in (("accuracy", accuracy), ("fits", fits), ("memory", memory))
+             for key, rows in (("accuracy", accuracy), ("fits", fits), ("memory", memory),
+                               ("e2e", e2e))
              if rows is not None}
     if not quick:
         # Each part's last results and run, so that --only reruns one and keeps the others.
