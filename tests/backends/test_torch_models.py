@@ -1,12 +1,17 @@
 """The torch engine's ODE-Net program: the reference engine's computation on torch.
 
-Same initial parameters, same batch: the loss, the gradients (Adam's first moments) and
-the updated parameters agree with the reference program to float32 precision; predict
-agrees, solves each row alone, and reports its cost per row.
+Same initial parameters, same batch, same hyperparameters: the loss, the gradients
+(Adam's first moments) and the updated parameters agree with the reference program to
+float32 precision; the step size and Adam's constants are those of the ``Hyper`` of the
+call; ``evaluate`` reports the loss of a state and changes nothing; predict agrees,
+solves each row alone, and reports its cost per row. Also here, as it concerns every
+engine: the ODE-Net's parameter table and initial values.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import subprocess
 import sys
 
@@ -22,9 +27,14 @@ from sklearn.datasets import make_moons  # noqa: E402
 import odeplug  # noqa: E402
 from odeplug import ODEClassifier, SolverError  # noqa: E402
 from odeplug._solver_options import make_solve_config  # noqa: E402
-from odeplug._specs import ODENetSpec, OptimizerSpec  # noqa: E402
+from odeplug._specs import GlorotUniform  # noqa: E402
 from odeplug.reference.models import make_program as reference_program  # noqa: E402
-from tests.backends.programs import assert_first_step_matches, make_batch  # noqa: E402
+from tests.backends.programs import (  # noqa: E402
+    assert_evaluate_keeps_state,
+    assert_first_step_matches,
+    make_batch,
+    spec_and_hyper,
+)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::sklearn.exceptions.ConvergenceWarning")
@@ -33,31 +43,52 @@ RK4 = dict(solver="rk4", step_size=0.25)
 DOPRI5 = dict(solver="dopri5", rtol=1e-5, atol=1e-7)
 
 
-def _spec(solve=None, *, activation="tanh", field_activation="tanh", augment_dim=2,
-          field_hidden=(7,), alpha=0.5, learning_rate=1e-2, t1=1.0):
-    solve = solve or make_solve_config(**RK4, adjoint=True)
-    return ODENetSpec(n_features=5, n_outputs=3, embed_dim=6, field_hidden=field_hidden,
-                      augment_dim=augment_dim, activation=activation,
-                      field_activation=field_activation, t1=t1, solve=solve,
-                      optimizer=OptimizerSpec(learning_rate=learning_rate, alpha=alpha),
-                      dtype="float32")
+def _spec(solve=None, **kwargs):
+    """``(spec, hyper)``: by default fixed steps with the adjoint, learning rate 1e-2,
+    alpha 0.5."""
+    return spec_and_hyper(solve or make_solve_config(**RK4, adjoint=True), **kwargs)
 
 
-def _one_step(spec, seed=0):
-    """(loss, first moments, updated params) of one step on each engine."""
+def _torch_moments(state, which="exp_avg"):
+    """Adam's first (``exp_avg``) or second (``exp_avg_sq``) moments of a torch state."""
+    return {k: state["opt"].state[p][which].numpy().copy() for k, p in state["params"].items()}
+
+
+def _torch_snapshot(state):
+    """Copies of everything a torch training state holds: parameters, Adam's moments
+    and step counts."""
+    out = {f"param:{k}": v.detach().numpy().copy() for k, v in state["params"].items()}
+    for k, p in state["params"].items():
+        for name, value in state["opt"].state.get(p, {}).items():
+            out[f"{name}:{k}"] = np.array(value.detach().numpy() if torch.is_tensor(value)
+                                          else value)
+    return out
+
+
+def _reference_snapshot(state):
+    out = {f"param:{k}": v.copy() for k, v in state["params"].items()}
+    for moment in ("m", "v"):
+        out.update({f"{moment}:{k}": v.copy() for k, v in state["opt"][moment].items()})
+    out["count"] = np.array(state["opt"]["count"])
+    return out
+
+
+def _one_step(spec, hyper, seed=0, batch=None):
+    """(loss, first moments, updated params) of one step on each engine, and each
+    engine's state after it."""
     params = spec.init_params(seed)
-    batch = make_batch()
-    out = {}
+    batch = make_batch() if batch is None else batch
+    out, states = {}, {}
     for name, program in (("torch", make_program(spec)), ("reference", reference_program(spec))):
-        state = program.init(params, seed)
-        state, metrics = program.step(state, batch)
+        state = program.init(params)
+        state, metrics = program.step(state, batch, hyper)
         if name == "torch":
-            moments = {k: state["opt"].state[p]["exp_avg"].numpy().copy()
-                       for k, p in state["params"].items()}
+            moments = _torch_moments(state)
         else:
             moments = state["opt"]["m"]
         out[name] = metrics, moments, program.get_params(state)
-    return out
+        states[name] = state
+    return out, states
 
 
 # ------------------------------------------------------------- one training step
@@ -69,9 +100,9 @@ def _one_step(spec, seed=0):
 ])
 def test_step_matches_reference_rk4(adjoint, activation, field_activation):
     # Fixed steps on the same grid: the same arithmetic up to float32 rounding.
-    spec = _spec(make_solve_config(**RK4, adjoint=adjoint), activation=activation,
-                 field_activation=field_activation)
-    out = _one_step(spec)
+    spec, hyper = _spec(make_solve_config(**RK4, adjoint=adjoint), activation=activation,
+                        field_activation=field_activation)
+    out, _ = _one_step(spec, hyper)
     assert_first_step_matches(out["torch"], out["reference"], spec, loss_rtol=1e-6,
                               moment_rtol=1e-4, moment_atol=1e-5, param_rtol=1e-5,
                               param_atol=1e-6)
@@ -79,8 +110,8 @@ def test_step_matches_reference_rk4(adjoint, activation, field_activation):
 
 @pytest.mark.parametrize("field_hidden", [(), (5, 4)], ids=["linear-field", "two-hidden"])
 def test_step_matches_reference_field_depths(field_hidden):
-    spec = _spec(make_solve_config(**RK4, adjoint=True), field_hidden=field_hidden)
-    out = _one_step(spec)
+    spec, hyper = _spec(make_solve_config(**RK4, adjoint=True), field_hidden=field_hidden)
+    out, _ = _one_step(spec, hyper)
     assert_first_step_matches(out["torch"], out["reference"], spec, loss_rtol=1e-6,
                               moment_rtol=1e-4, moment_atol=1e-5, param_rtol=1e-5,
                               param_atol=1e-6)
@@ -88,9 +119,9 @@ def test_step_matches_reference_field_depths(field_hidden):
 
 @pytest.mark.parametrize("adjoint", [True, False], ids=["adjoint", "backprop"])
 def test_step_matches_reference_dopri5(adjoint):
-    spec = _spec(make_solve_config(**DOPRI5, adjoint=adjoint), augment_dim=0,
-                 field_hidden=(8, 8))
-    out = _one_step(spec)
+    spec, hyper = _spec(make_solve_config(**DOPRI5, adjoint=adjoint), augment_dim=0,
+                        field_hidden=(8, 8))
+    out, _ = _one_step(spec, hyper)
     assert_first_step_matches(out["torch"], out["reference"], spec, loss_rtol=1e-5,
                               moment_rtol=1e-3, moment_atol=1e-3, param_rtol=1e-4,
                               param_atol=1e-5)
@@ -99,14 +130,14 @@ def test_step_matches_reference_dopri5(adjoint):
 
 
 def test_several_steps_track_reference():
-    spec = _spec(make_solve_config(**DOPRI5, adjoint=True), learning_rate=1e-3)
+    spec, hyper = _spec(make_solve_config(**DOPRI5, adjoint=True), learning_rate=1e-3)
     params = spec.init_params(3)
     X, y = make_batch(40, seed=5)
     programs = [make_program(spec), reference_program(spec)]
-    states = [p.init(params, 3) for p in programs]
+    states = [p.init(params) for p in programs]
     for i in range(5):
         batch = (X[8 * i: 8 * i + 8], y[8 * i: 8 * i + 8])
-        results = [p.step(s, batch) for p, s in zip(programs, states, strict=True)]
+        results = [p.step(s, batch, hyper) for p, s in zip(programs, states, strict=True)]
         states = [state for state, _ in results]
         losses = [metrics["loss"] for _, metrics in results]
         assert losses[0] == pytest.approx(losses[1], rel=1e-4)
@@ -116,17 +147,17 @@ def test_several_steps_track_reference():
 
 
 def test_metrics_and_state():
-    spec = _spec(make_solve_config("dopri5", rtol=1e-3, atol=1e-4, adjoint=True))
+    spec, hyper = _spec(make_solve_config("dopri5", rtol=1e-3, atol=1e-4, adjoint=True))
     program = make_program(spec)
     params = spec.init_params(0)
-    state = program.init(params, 0)
+    state = program.init(params)
     assert all(p.dtype == torch.float32 and p.requires_grad for p in state["params"].values())
     assert isinstance(state["opt"], torch.optim.Adam)
     assert state["opt"].defaults["weight_decay"] == 0  # the L2 penalty is in the loss
     params["embed.weight"][:] = 7.0  # init copied the caller's arrays
     assert not torch.any(state["params"]["embed.weight"] == 7.0)
     for _ in range(2):  # the first solve is checked, the next is not: same counters
-        state, metrics = program.step(state, make_batch())
+        state, metrics = program.step(state, make_batch(), hyper)
         assert set(metrics) == {"loss", "nfe_forward", "nfe_backward"}
         assert all(isinstance(metrics[k], int) and metrics[k] > 0
                    for k in ("nfe_forward", "nfe_backward"))
@@ -140,26 +171,135 @@ def test_non_finite_parameters_raise_solver_error():
     # Diverged parameters give a non-finite state: SolverError (the training loop turns
     # it into TrainingDivergedError), also on the unchecked solves after the first.
     for solver in (dict(DOPRI5), dict(RK4)):
-        spec = _spec(make_solve_config(**solver, adjoint=True))
+        spec, hyper = _spec(make_solve_config(**solver, adjoint=True))
         program = make_program(spec)
-        state = program.init(spec.init_params(0), 0)
-        state, _ = program.step(state, make_batch())
+        state = program.init(spec.init_params(0))
+        state, _ = program.step(state, make_batch(), hyper)
         with torch.no_grad():
             state["params"]["embed.bias"][0] = float("nan")
         with pytest.raises(SolverError):
-            program.step(state, make_batch())
+            program.step(state, make_batch(), hyper)
 
 
 def test_init_checks_shapes_and_other_specs_are_refused():
-    spec = _spec()
+    spec, _ = _spec()
     params = spec.init_params(0)
     params["head.weight"] = params["head.weight"][:, :2]
     with pytest.raises(ValueError, match="shapes"):
-        make_program(spec).init(params, 0)
+        make_program(spec).init(params)
     with pytest.raises(NotImplementedError, match="no program for"):
         make_program(object())
     with pytest.raises(NotImplementedError):
         odeplug.get_backend("torch").make_program(object())
+
+
+# ------------------------------------------------- evaluate, values of the hyper
+
+
+@pytest.mark.parametrize("solver", [RK4, DOPRI5], ids=["rk4", "dopri5"])
+@pytest.mark.parametrize("engine", ["torch", "reference"])
+def test_evaluate_reports_the_loss_of_the_state_and_changes_nothing(engine, solver):
+    spec, hyper = _spec(make_solve_config(**solver, adjoint=True))
+    program = make_program(spec) if engine == "torch" else reference_program(spec)
+    snapshot = _torch_snapshot if engine == "torch" else _reference_snapshot
+    # A state one step in: Adam's moments and step count are not their initial values.
+    state, _ = program.step(program.init(spec.init_params(0)), make_batch(), hyper)
+    batch = make_batch(seed=2)
+    params = program.get_params(state)
+    metrics, step_metrics = assert_evaluate_keeps_state(program, state, batch, hyper, snapshot,
+                                                        loss_rtol=1e-6)
+    assert metrics["nfe_forward"] > 0
+    # The same loss on the other engine, from the same parameters.
+    other = reference_program(spec) if engine == "torch" else make_program(spec)
+    other_metrics = other.evaluate(other.init(params), batch, hyper)
+    assert metrics["loss"] == pytest.approx(other_metrics["loss"], rel=1e-5)
+    # evaluate reads alpha and t1 of the hyper: the L2 penalty is
+    # 0.5 * alpha * sum(W**2) / batch_size, on the weights only.
+    state = program.init(params)
+    no_penalty = program.evaluate(state, batch, dataclasses.replace(hyper, alpha=0.0))
+    penalty = sum(np.sum(params[k].astype(np.float64) ** 2) for k in spec.penalized_names())
+    assert metrics["loss"] - no_penalty["loss"] == pytest.approx(
+        0.5 * hyper.alpha * penalty / len(batch[1]), rel=1e-4)
+    shorter = program.evaluate(state, batch, dataclasses.replace(hyper, t1=0.5))
+    assert abs(shorter["loss"] - metrics["loss"]) > 1e-4
+
+
+def test_step_uses_the_learning_rate_of_the_hyper():
+    spec, hyper = _spec()
+    params = spec.init_params(0)
+    program = make_program(spec)
+    batch = make_batch()
+    updates = {}
+    for lr in (0.0, 1e-2, 1e-3):
+        state, _ = program.step(program.init(params), batch,
+                                dataclasses.replace(hyper, learning_rate=lr))
+        assert state["opt"].param_groups[0]["lr"] == lr
+        got = program.get_params(state)
+        updates[lr] = {k: got[k].astype(np.float64) - params[k] for k in params}
+    for key in params:
+        np.testing.assert_array_equal(updates[0.0][key], 0.0, err_msg=key)
+        big, small = updates[1e-2][key], updates[1e-3][key]
+        moved = big != 0
+        assert moved.mean() > 0.9, key
+        # Adam's first step is lr * g / (|g| + eps): the learning rates' ratio, and a
+        # step of the learning rate where the gradient is far above eps.
+        np.testing.assert_allclose(small[moved] / big[moved], 0.1, rtol=1e-3, err_msg=key)
+        assert np.mean(np.isclose(np.abs(big), 1e-2, rtol=1e-3)) > 0.9, key
+    # Read at every step, not at init: a later step with learning rate 0 moves nothing.
+    state, _ = program.step(program.init(params), batch, hyper)
+    before = program.get_params(state)
+    state, _ = program.step(state, make_batch(seed=2), dataclasses.replace(hyper,
+                                                                           learning_rate=0.0))
+    for key, value in program.get_params(state).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+def test_step_uses_the_adam_constants_of_the_hyper():
+    # Constants far from the defaults (0.9, 0.999, 1e-8): a large epsilon changes the
+    # first step itself, beta1 and beta2 the moments and every later step.
+    spec, hyper = _spec(beta1=0.5, beta2=0.9, epsilon=1e-3)
+    b1, b2, eps, lr = hyper.beta1, hyper.beta2, hyper.epsilon, hyper.learning_rate
+    params = spec.init_params(0)
+    out, states = _one_step(spec, hyper)
+    assert_first_step_matches(out["torch"], out["reference"], spec, loss_rtol=1e-6,
+                              moment_rtol=1e-4, moment_atol=1e-5, param_rtol=1e-5,
+                              param_atol=1e-6)
+    group = states["torch"]["opt"].param_groups[0]
+    assert group["betas"] == (b1, b2) and group["eps"] == eps
+    m, v = _torch_moments(states["torch"]), _torch_moments(states["torch"], "exp_avg_sq")
+    updated = out["torch"][2]
+    for key in params:
+        # After one step m = (1 - beta1) g and v = (1 - beta2) g**2 ...
+        grad = m[key].astype(np.float64) / (1 - b1)
+        np.testing.assert_allclose(v[key], (1 - b2) * grad**2, rtol=1e-5, atol=1e-12,
+                                   err_msg=key)
+        np.testing.assert_allclose(states["reference"]["opt"]["v"][key], v[key], rtol=1e-4,
+                                   atol=1e-5 * np.abs(v[key]).max(), err_msg=key)
+        # ... and the update lr * g / (|g| + eps).
+        np.testing.assert_allclose(updated[key] - params[key],
+                                   -lr * grad / (np.abs(grad) + eps), rtol=1e-3, atol=1e-6,
+                                   err_msg=key)
+    # The large epsilon did shrink steps: with 1e-8 they would all be lr.
+    assert np.mean(np.concatenate([np.abs(updated[k] - params[k]).ravel() < 0.9 * lr
+                                   for k in params])) > 0.05
+    # A second step, where beta1 and beta2 weigh the two gradients: as the reference's,
+    # and away from where the default constants lead.
+    batch = make_batch(seed=2)
+    final = {}
+    for name, program in (("torch", make_program(spec)), ("reference", reference_program(spec))):
+        state, _ = program.step(states[name], batch, hyper)
+        final[name] = program.get_params(state)
+    program = make_program(spec)
+    state = program.init(params)
+    defaults = dataclasses.replace(hyper, beta1=0.9, beta2=0.999, epsilon=1e-8)
+    for each in (make_batch(), batch):
+        state, _ = program.step(state, each, defaults)
+    final["defaults"] = program.get_params(state)
+    for key in params:
+        np.testing.assert_allclose(final["torch"][key], final["reference"][key], rtol=1e-5,
+                                   atol=1e-6, err_msg=key)
+        assert not np.allclose(final["torch"][key], final["defaults"][key], rtol=1e-3,
+                               atol=1e-4), key
 
 
 # ------------------------------------------------------------------------ predict
@@ -167,12 +307,11 @@ def test_init_checks_shapes_and_other_specs_are_refused():
 
 @pytest.mark.parametrize("solver", [RK4, DOPRI5], ids=["rk4", "dopri5"])
 def test_predict_matches_reference(solver):
-    solve = make_solve_config(**solver, adjoint=True)
-    spec = _spec(solve)
+    spec, hyper = _spec(make_solve_config(**solver, adjoint=True))
     params = spec.init_params(2)
     X, _ = make_batch(30, seed=4)
-    log_proba, stats = make_program(spec).predict(params, X, solve)
-    ref_log_proba, ref_stats = reference_program(spec).predict(params, X, solve)
+    log_proba, stats = make_program(spec).predict(params, X, hyper)
+    ref_log_proba, ref_stats = reference_program(spec).predict(params, X, hyper)
     assert log_proba.dtype == np.float32 and log_proba.shape == (30, 3)
     np.testing.assert_allclose(log_proba, ref_log_proba, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.exp(log_proba).sum(axis=1), 1.0, rtol=1e-5)
@@ -188,18 +327,17 @@ def test_predict_matches_reference(solver):
 
 
 def test_predict_rows_are_independent():
-    solve = make_solve_config("dopri5", rtol=1e-3, atol=1e-4)
-    spec = _spec(solve)
+    spec, hyper = _spec(make_solve_config("dopri5", rtol=1e-3, atol=1e-4))
     # A stronger field: rows need different numbers of steps (32 to 50 evaluations),
     # which must not leak into each other.
     params = {k: v * 3 if k.startswith("field.") else v
               for k, v in spec.init_params(0).items()}
     X, _ = make_batch(25, seed=7)
     program = make_program(spec)
-    full, stats = program.predict(params, X, solve)
+    full, stats = program.predict(params, X, hyper)
     assert len(set(stats["nfe_forward"].tolist())) > 2
     for rows in ([0], [3], [2, 3, 4], list(range(24, -1, -2))):
-        part, part_stats = program.predict(params, X[rows], solve)
+        part, part_stats = program.predict(params, X[rows], hyper)
         np.testing.assert_array_equal(part, full[rows])  # bit for bit
         for key in stats:
             np.testing.assert_array_equal(part_stats[key], stats[key][rows])
@@ -227,18 +365,89 @@ def test_odeint_rows_solves_each_row_alone():
 
 
 def test_predict_reads_the_solver_settings_and_accepts_float64_params():
-    spec = _spec(make_solve_config("dopri5", rtol=1e-3, atol=1e-4, adjoint=True))
+    spec, hyper = _spec(make_solve_config("dopri5", rtol=1e-3, atol=1e-4, adjoint=True))
     params = {k: v.astype(np.float64) for k, v in spec.init_params(0).items()}
     X = make_batch(10)[0] * 5
     program = make_program(spec)
-    loose = program.predict(params, X, make_solve_config("dopri5", rtol=1e-1, atol=1e-1))
-    tight = program.predict(params, X, make_solve_config("dopri5", rtol=1e-7, atol=1e-8))
+
+    def with_solve(*args, **kwargs):
+        return dataclasses.replace(hyper, solve=make_solve_config(*args, **kwargs))
+
+    loose = program.predict(params, X, with_solve("dopri5", rtol=1e-1, atol=1e-1))
+    tight = program.predict(params, X, with_solve("dopri5", rtol=1e-7, atol=1e-8))
     assert tight[1]["nfe_forward"].sum() > loose[1]["nfe_forward"].sum()
     assert tight[0].dtype == np.float32
-    empty, empty_stats = program.predict(params, X[:0], spec.solve)
+    empty, empty_stats = program.predict(params, X[:0], hyper)
     assert empty.shape == (0, 3) and empty_stats["nfe_forward"].shape == (0,)
     with pytest.raises(ValueError, match="no solver 'tsit5'"):
-        program.predict(params, X, make_solve_config("tsit5", rtol=1e-3, atol=1e-4))
+        program.predict(params, X, with_solve("tsit5", rtol=1e-3, atol=1e-4))
+
+
+# ---------------------------------------------------------------- parameter table
+# Of the spec, so the same on every engine; here, with the other checks of the ODE-Net.
+
+# The layers of the tests' ODE-Net in table order, (name, fan_in, fan_out): 5 features,
+# a state of embed_dim 6 + augment_dim 2, a field of [z, t] with one hidden layer of 7.
+LAYERS = (("embed", 5, 6), ("field.0", 9, 7), ("field.1", 7, 8), ("head", 8, 3))
+
+
+@pytest.mark.parametrize("activation, field_activation, factor", [
+    ("tanh", "tanh", 6.0), ("relu", "logistic", 6.0), ("logistic", "tanh", 2.0),
+])
+def test_param_table_is_sklearn_glorot(activation, field_activation, factor):
+    # scikit-learn's MLP: weights and biases U(-b, b), b = sqrt(factor / (fan_in +
+    # fan_out)), factor 2 for the logistic activation (of the network, the embedding's
+    # here), else 6; the L2 penalty on the weights only.
+    spec, _ = _spec(activation=activation, field_activation=field_activation)
+    table = spec.param_table()
+    assert list(table) == [f"{name}.{kind}" for name, _, _ in LAYERS
+                           for kind in ("weight", "bias")]
+    for name, fan_in, fan_out in LAYERS:
+        weight, bias = table[f"{name}.weight"], table[f"{name}.bias"]
+        assert weight.shape == (fan_in, fan_out) and bias.shape == (fan_out,)
+        assert weight.penalized and not bias.penalized, name
+        assert weight.init == bias.init == GlorotUniform(fan_in, fan_out, factor), name
+    assert spec.penalized_names() == tuple(f"{name}.weight" for name, _, _ in LAYERS)
+    assert spec.param_shapes() == {k: p.shape for k, p in table.items()}
+
+
+def test_glorot_uniform_bound():
+    rng = np.random.default_rng(0)
+    for factor in (6.0, 2.0):
+        bound = math.sqrt(factor / (300 + 100))
+        draw = GlorotUniform(300, 100, factor)(rng, (300, 100), "float64")
+        assert draw.shape == (300, 100) and draw.dtype == np.float64
+        assert np.abs(draw).max() <= bound
+        assert draw.min() < -0.99 * bound and draw.max() > 0.99 * bound
+        assert np.mean(draw) == pytest.approx(0.0, abs=0.01 * bound)
+
+
+@pytest.mark.parametrize("activation, dtype", [("tanh", "float32"), ("logistic", "float64")])
+def test_init_params_are_the_old_glorot_draws(activation, dtype):
+    # What glorot_uniform gave before the parameter table: one generator of the seed,
+    # each layer's weight then its bias, layers in table order.
+    spec, _ = _spec(activation=activation, dtype=dtype)
+    factor = 2.0 if activation == "logistic" else 6.0
+    params = spec.init_params(7)
+    assert list(params) == list(spec.param_table())
+    rng = np.random.default_rng(7)
+    for name, fan_in, fan_out in LAYERS:
+        bound = math.sqrt(factor / (fan_in + fan_out))
+        weight = rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype)
+        bias = rng.uniform(-bound, bound, fan_out).astype(dtype)
+        for key, expected in ((f"{name}.weight", weight), (f"{name}.bias", bias)):
+            assert params[key].dtype == np.dtype(dtype), key
+            np.testing.assert_array_equal(params[key], expected, err_msg=key)
+            assert np.abs(params[key]).max() <= bound, key
+    # One value by hand: the generator's first number, scaled to [-b, b).
+    bound = math.sqrt(factor / (5 + 6))
+    first = -bound + 2 * bound * np.random.default_rng(7).random()
+    assert params["embed.weight"][0, 0] == np.asarray(first).astype(dtype)
+    # The same seed, the same parameters; another seed, others.
+    again, other = spec.init_params(7), spec.init_params(8)
+    for key, value in params.items():
+        np.testing.assert_array_equal(again[key], value, err_msg=key)
+        assert not np.any(other[key] == value), key
 
 
 # --------------------------------------------------------------------- estimator
