@@ -21,15 +21,15 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("diffrax")
 pytest.importorskip("optax")
 
-from odeplug_backends.jax import models  # noqa: E402
-from odeplug_backends.jax.models import make_program  # noqa: E402
+from odeplug_backends.jax import programs  # noqa: E402
 from odeplug_backends.jax.nn import ACTIVATIONS  # noqa: E402
+from odeplug_backends.jax.programs import make_program  # noqa: E402
 
 import odeplug  # noqa: E402
 from odeplug import SolverError  # noqa: E402
 from odeplug._solver_options import make_solve_config  # noqa: E402
-from odeplug.reference.models import make_program as reference_program  # noqa: E402
 from odeplug.reference.nn import activations  # noqa: E402
+from odeplug.reference.programs import make_program as reference_program  # noqa: E402
 from tests.backends.programs import (  # noqa: E402
     assert_evaluate_keeps_state,
     assert_first_step_matches,
@@ -142,7 +142,7 @@ def test_compiled_functions_are_shared_by_equal_specs():
         program.predict(program.get_params(state), X[:16], hyper)
 
     fit_and_predict(SPEC_DOPRI5, HYPER_DOPRI5, 0)
-    traces = dict(models.TRACE_COUNTS)
+    traces = dict(programs.TRACE_COUNTS)
     equal = dataclasses.replace(SPEC_DOPRI5)
     equal_hyper = dataclasses.replace(
         HYPER_DOPRI5, solve=make_solve_config(**DOPRI5, adjoint=True, max_num_steps=64))
@@ -150,7 +150,7 @@ def test_compiled_functions_are_shared_by_equal_specs():
     assert equal_hyper == HYPER_DOPRI5 and equal_hyper.solve is not HYPER_DOPRI5.solve
     fit_and_predict(equal, equal_hyper, 1)
     fit_and_predict(equal, equal_hyper, 2)
-    assert dict(models.TRACE_COUNTS) == traces
+    assert dict(programs.TRACE_COUNTS) == traces
 
 
 def test_evaluate_reports_the_loss_of_the_state_and_changes_nothing():
@@ -197,7 +197,7 @@ def test_hyper_values_are_inputs_of_the_compiled_step():
 
     program, reference = make_program(spec), reference_program(spec)
     base_losses, base = two_steps(program, HYPER_RK4)  # compiles, if no test did before
-    traces = dict(models.TRACE_COUNTS)
+    traces = dict(programs.TRACE_COUNTS)
     for change in HYPER_CHANGES:
         hyper = dataclasses.replace(HYPER_RK4, **change)
         losses, got = two_steps(program, hyper)
@@ -209,7 +209,7 @@ def test_hyper_values_are_inputs_of_the_compiled_step():
         assert any(not np.allclose(got[k], base[k], rtol=1e-6, atol=1e-9) for k in base), change
         if "alpha" in change or "t1" in change:  # the loss of the first step too
             assert losses[0] != pytest.approx(base_losses[0], rel=1e-6), change
-    assert dict(models.TRACE_COUNTS) == traces
+    assert dict(programs.TRACE_COUNTS) == traces
 
 
 def test_hyper_values_are_inputs_of_the_compiled_predict():
@@ -218,7 +218,7 @@ def test_hyper_values_are_inputs_of_the_compiled_predict():
     X, _ = make_batch(16, seed=4, dtype=spec.dtype)
     program = make_program(spec)
     base, _ = program.predict(params, X, HYPER_RK4)  # compiles, if no test did before
-    traces = dict(models.TRACE_COUNTS)
+    traces = dict(programs.TRACE_COUNTS)
     # t1 is an input: half the interval, two steps of 0.25, as on the reference.
     shorter = dataclasses.replace(HYPER_RK4, t1=0.5)
     log_proba, stats = program.predict(params, X, shorter)
@@ -231,7 +231,7 @@ def test_hyper_values_are_inputs_of_the_compiled_predict():
                                    beta2=0.5, epsilon=1e-1,
                                    solve=make_solve_config(**RK4, adjoint=True))
     np.testing.assert_array_equal(program.predict(params, X, training)[0], base)
-    assert dict(models.TRACE_COUNTS) == traces
+    assert dict(programs.TRACE_COUNTS) == traces
 
 
 def test_float32_model_stays_float32_under_global_x64():
@@ -247,7 +247,7 @@ def test_float32_model_stays_float32_under_global_x64():
         for seed in (1, 2):
             state, metrics = program.step(state, make_batch(seed=seed), hyper)
             assert isinstance(metrics["loss"], float)
-            traces.append(models.TRACE_COUNTS["step"])
+            traces.append(programs.TRACE_COUNTS["step"])
         dtypes = {k: v.dtype for k, v in _jax_snapshot(state).items() if k != "count"}
         assert dtypes == dict.fromkeys(dtypes, np.dtype(np.float32))
         assert all(v.dtype == np.float32 for v in program.get_params(state).values())
