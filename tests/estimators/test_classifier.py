@@ -417,3 +417,21 @@ def test_failed_validation_solve_is_divergence(engine, monkeypatch):
     clf = small(backend=engine.name, early_stopping=True, max_iter=5)
     with pytest.raises(TrainingDivergedError, match="validation split failed"):
         clf.fit(X_TRAIN, Y_TRAIN)
+
+
+def test_grid_over_values_compiles_once_per_batch_shape():
+    # Learning rates and tolerances are traced inputs of JAX's compiled step and
+    # predict: a 3 x 3 grid compiles each once (per batch shape; one here: every fold
+    # has 60 training rows, batches of 32). The architecture is this test's own, so no
+    # other test compiled it before.
+    pytest.importorskip("jax")
+    from odeplug_backends.jax import programs
+
+    X, y = make_moons(120, noise=0.15, random_state=1)
+    before = dict(programs.TRACE_COUNTS)
+    GridSearchCV(
+        small(backend="jax", hidden_layer_sizes=(5, 3), max_iter=2, batch_size=32),
+        {"learning_rate_init": [1e-3, 1e-2, 3e-2], "rtol": [1e-3, 1e-2, 1e-1]},
+        cv=2, refit=False, error_score="raise").fit(X, y)
+    compiled = {k: v - before.get(k, 0) for k, v in programs.TRACE_COUNTS.items()}
+    assert compiled == {"step": 1, "predict": 1}
