@@ -115,3 +115,54 @@ def test_environment_variable_reaches_a_fresh_process():
     out = _run("import odeplug._config as c; print(c.resolve_backend_name())",
                ODEPLUG_BACKEND="torch")
     assert out == "torch"
+
+
+_CACHE_PROBE = (
+    "import jax, numpy as np, odeplug; "
+    "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+    "odeplug.odeint(lambda t, y, a: -y, jax.numpy.ones(2), np.array([0.0, 1.0])); "
+    "print(jax.config.jax_compilation_cache_dir)")
+
+
+def _run_without(code: str, unset: tuple[str, ...], **env) -> str:
+    environ = {k: v for k, v in os.environ.items() if k not in unset}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**environ, **env}, check=True)
+    return result.stdout.strip()
+
+
+def test_jax_compilation_cache_is_on_by_default_in_the_users_cache(tmp_path):
+    pytest.importorskip("jax")
+    unset = ("ODEPLUG_JAX_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")
+    out = _run_without(_CACHE_PROBE, unset, HOME=str(tmp_path))
+    folder = tmp_path / ".cache" / "odeplug" / "jax"
+    assert out == str(folder)
+    assert any(folder.iterdir())  # the solve's compilation was written there
+
+
+def test_jax_compilation_cache_moved_or_off_by_environment(tmp_path):
+    pytest.importorskip("jax")
+    unset = ("JAX_COMPILATION_CACHE_DIR",)
+    moved = tmp_path / "moved"
+    assert _run_without(_CACHE_PROBE, unset, ODEPLUG_JAX_CACHE_DIR=str(moved)) == str(moved)
+    assert any(moved.iterdir())
+    assert _run_without(_CACHE_PROBE, unset, ODEPLUG_JAX_CACHE_DIR="") == "None"
+    # JAX's own setting wins.
+    own = tmp_path / "own"
+    assert _run_without(_CACHE_PROBE, (), ODEPLUG_JAX_CACHE_DIR=str(moved),
+                        JAX_COMPILATION_CACHE_DIR=str(own)) == str(own)
+
+
+def test_jax_cache_dir_config(monkeypatch):
+    from odeplug._config import resolve_jax_cache_dir
+
+    monkeypatch.setenv("ODEPLUG_JAX_CACHE_DIR", "/from/env")
+    assert resolve_jax_cache_dir() == "/from/env"
+    with odeplug.config_context(jax_cache_dir="/from/config"):
+        assert resolve_jax_cache_dir() == "/from/config"
+    with odeplug.config_context(jax_cache_dir=""):
+        assert resolve_jax_cache_dir() is None
+    monkeypatch.setenv("ODEPLUG_JAX_CACHE_DIR", "off")
+    assert resolve_jax_cache_dir() is None
+    with pytest.raises(TypeError, match="jax_cache_dir"):
+        odeplug.set_config(jax_cache_dir=3)
