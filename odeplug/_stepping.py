@@ -170,5 +170,6 @@ def fixed_step_end(xp, t0, t1, step_size, k, n_steps):
 
 def step_size_underflow(xp, t, h):
     """Whether a step ``h`` from time ``t`` is too small to move ``t``: below 4 ulps of
-    ``max(1, |t|)`` in float64 (``abs(h) < 4 eps max(1, |t|)``)."""
-    return abs(h) < _UNDERFLOW_ULPS * xp.maximum(1.0, abs(t))
+    ``max(1, |t|)`` in float64 (``abs(h) < 4 eps max(1, |t|)``), or NaN (a first step
+    from a non-finite slope), which no comparison would stop."""
+    return xp.where(abs(h) >= _UNDERFLOW_ULPS * xp.maximum(1.0, abs(t)), False, True)

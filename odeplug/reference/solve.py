@@ -31,6 +31,7 @@ from autograd.extend import defvjp, defvjp_argnums, primitive
 from autograd.tracer import getval, isbox
 
 from .._constant import Constant
+from .._rows import solve_rows
 from .._solver_options import ODESolveConfig, ODEStats
 from .._stepping import (
     SCALARS,
@@ -46,7 +47,7 @@ from .._tableaus import TABLEAUS, ButcherTableau
 from .._validation import check_field_output, check_initial_state, check_time_grid
 from ..exceptions import SolverError
 
-__all__ = ["odeint", "flatten_args"]
+__all__ = ["odeint", "odeint_rows", "flatten_args"]
 
 
 # --------------------------------------------------------------------------- args
@@ -306,7 +307,9 @@ def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: 
                                 n_fixed)
         h = t1 - t
         if step_size_underflow(SCALARS, t, h):
-            if rejected_non_finite:
+            # After non-finite candidates, or a NaN step size (from a non-finite slope),
+            # the cause is the state, not the step size.
+            if rejected_non_finite or not math.isfinite(h):
                 fail("non_finite", f"non-finite state (h={h:.3g})", t)
             fail("step_size_underflow", f"step size underflow (h={h:.3g})", t)
         if attempts >= config.max_num_steps:
@@ -557,27 +560,44 @@ defvjp(_count_backward, _count_backward_vjp)
 
 
 def odeint_rows(func: Callable, y0: np.ndarray, t: np.ndarray, args: Any,
-                config: ODESolveConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                config: ODESolveConfig, *, batched: bool = True,
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Solve each row of ``y0`` (shape ``(n, d)``) as its own problem, no gradients.
 
     Every row gets its own adaptive steps, so its result and cost do not depend on the
-    other rows (the adaptive cost per input of Chen et al.). Returns ``ys`` of shape
-    ``(len(t), n, d)`` and per-row counters ``nfe_forward``, ``n_steps``, ``n_rejected``.
+    other rows (the adaptive cost per input of Chen et al.); the rows are solved together
+    by :func:`odeplug._rows.solve_rows`, one evaluation of the field per stage for all
+    rows still running.
+
+    Parameters
+    ----------
+    func : callable
+        ``func(t, y, args)`` on a batch of rows: ``y`` of shape ``(m, d)`` and ``t`` of
+        shape ``(m, 1)``, the time of each row, in ``y``'s dtype.
+    y0 : ndarray of shape ``(n, d)``
+    t : ndarray of shape ``(T,)`` or ``(n, T)``
+        One grid for every row or one per row (NaN-padded at the end; see
+        :func:`~odeplug._rows.solve_rows`).
+    args : pytree
+        Passed to ``func`` (``odeplug.Constant`` leaves unwrapped).
+    config : ODESolveConfig
+        ``config.adjoint`` is ignored (nothing is differentiated).
+    batched : bool, default=True
+        False: one row at a time (bit-for-bit independent of the other rows, slower).
+
+    Returns
+    -------
+    ys : ndarray of shape ``(T, n, d)``
+    counters : dict of str to ndarray of shape ``(n,)``
+        ``nfe_forward``, ``n_steps`` and ``n_rejected`` of each row.
     """
-    y0 = np.asarray(y0)
-    t = np.asarray(t, dtype=np.float64)
-    direction = check_time_grid(t)
+    y0 = np.asarray(getval(y0))
+    check_initial_state(y0)
     theta, unflatten = flatten_args(args)
-    field = _plain_flat_field(func, (1, y0.shape[1]), unflatten(theta), y0.dtype, direction)
-    s = direction * t
-    ys = np.empty((len(t),) + y0.shape, dtype=y0.dtype)
-    counters = {name: np.zeros(len(y0), dtype=np.int64)
-                for name in ("nfe_forward", "n_steps", "n_rejected")}
-    for i, row in enumerate(y0):
-        stats = ODEStats()
-        outputs = _integrate(field, row.copy(), s, config, stats, traced=False,
-                             direction=direction)
-        ys[:, i] = np.stack(outputs)
-        for name in counters:
-            counters[name][i] = getattr(stats, name)
-    return ys, counters
+    args_val = unflatten(getval(theta))
+
+    def fun(t_rows, y):
+        return func(t_rows, y, args_val)
+
+    solution = solve_rows(np, fun, y0, np.asarray(getval(t)), config, batched=batched)
+    return solution.ys, solution.counters()
