@@ -197,12 +197,16 @@ class _RowSolver:
         self.t_all = grid
         self.next_out_all = np.ones(len(lengths), dtype=np.int64)
         self.failures: dict[int, tuple[str, str, float]] = {}
-        # Coefficients as state arrays (stage combinations run where the states are).
+        # Coefficients as columns of the states' arrays: a stage combination is a product
+        # and a sum over stages, elementwise, so every entry is rounded the same way in a
+        # batch of any size. (A BLAS product ``a @ stages`` is not: its kernels round the
+        # entries of a long vector differently from a short one's, and early steps,
+        # whose error estimates are near rounding, would then step differently.)
         a = tableau.matrix(np.float64)
-        self.stage_rows = [ops.constant(a[i, :i]) for i in range(self.n_stages)]
-        self.b = ops.constant(np.asarray(tableau.b))
+        self.stage_rows = [ops.constant(a[i, :i, None]) for i in range(self.n_stages)]
+        self.b = ops.constant(np.asarray(tableau.b)[:, None])
         self.b_error = None if tableau.b_error is None else ops.constant(np.asarray(
-            tableau.b_error))
+            tableau.b_error)[:, None])
         self.b_dense = None if tableau.b_dense is None else np.asarray(tableau.b_dense)
 
         rows = np.arange(n)
@@ -317,16 +321,16 @@ class _RowSolver:
         flat = stages.reshape(self.n_stages, -1)
         yi = y
         for i in range(1, self.n_stages):
-            increment = (self.stage_rows[i] @ flat[:i]).reshape(y.shape)
+            increment = (self.stage_rows[i] * flat[:i]).sum(0).reshape(y.shape)
             yi = y + h_col * increment
             stages[i] = self.evaluate(self.s + tableau.c[i] * h, yi)
         if tableau.fsal:
             y1 = yi  # the last stage is evaluated at y1
         else:
-            y1 = y + h_col * (self.b @ flat).reshape(y.shape)
+            y1 = y + h_col * (self.b * flat).sum(0).reshape(y.shape)
         error = None
         if self.adaptive:
-            error = h_col * (self.b_error @ flat).reshape(y.shape)
+            error = h_col * (self.b_error * flat).sum(0).reshape(y.shape)
         return y1, error
 
     def _accept(self, accept: np.ndarray, s1: np.ndarray, h: np.ndarray, y1: Any) -> None:
@@ -425,10 +429,12 @@ class _RowSolver:
                     + ops.column(3 * x2 - 2 * x3) * ops.take(y1, positions)
                     + ops.column((x3 - x2) * h) * f1)
         # y0 + h sum_i b_i(x) k_i, with b_i(x) = sum_p b_dense[i, p] x**(p + 1).
-        powers = x[:, None] ** np.arange(1, self.b_dense.shape[1] + 1)
-        weights = powers @ self.b_dense.T  # (rows, stages), on the host
+        # Elementwise products and sums on the host (not a BLAS product), as above.
+        powers = x[:, None, None] ** np.arange(1, self.b_dense.shape[1] + 1)
+        weights = (powers * self.b_dense).sum(axis=2)  # (rows, stages)
+        weights = ops.constant(weights.T[:, :, None])
         stages = ops.take(self.stages, positions, axis=1)
-        return y0 + ops.column(h) * ops.weighted_stages(weights, stages)
+        return y0 + ops.column(h) * (weights * stages).sum(0)
 
     # -------------------------------------------------------- failures, batch
 
@@ -549,10 +555,6 @@ class _NumpyArrays(_Arrays):
 
     where = staticmethod(np.where)
 
-    def weighted_stages(self, weights, stages):
-        """``sum_s weights[r, s] stages[s, r]`` for every row ``r``."""
-        return np.einsum("rs,srd->rd", weights.astype(self.dtype), stages)
-
 
 class _TorchArrays(_Arrays):
     def __init__(self, torch, dtype, device):
@@ -604,8 +606,3 @@ class _TorchArrays(_Arrays):
 
     def where(self, mask, a, b):
         return self.xp.where(mask, a, b)
-
-    def weighted_stages(self, weights, stages):
-        """``sum_s weights[r, s] stages[s, r]`` for every row ``r`` (one batched product)."""
-        weights = self._from_host(weights.astype(self.np_dtype))
-        return self.xp.bmm(weights[:, None, :], stages.transpose(0, 1))[:, 0, :]
