@@ -130,8 +130,6 @@ def odeint(
         strategy = config.adjoint
         options = _solver_options(config, s.detach(), field, backward=False)
         adjoint_options = _solver_options(config, s.detach(), field, backward=True)
-        if strategy.seminorm:
-            adjoint_options["norm"] = "seminorm"
         ys = torchdiffeq.odeint_adjoint(
             field, y0, s, rtol=config.rtol, atol=config.atol, method=method, options=options,
             adjoint_rtol=config.rtol if strategy.rtol is None else strategy.rtol,
@@ -419,13 +417,34 @@ def _solver_options(config: ODESolveConfig, s: torch.Tensor, field: _Field,
         # quartic, far less accurate than its steps.
         "step_t": s if backward or config.solver == "dopri8" else s[-1:],
     }
-    if not backward:
-        # The backward solve's norm is torchdiffeq's (of the augmented state), built
-        # on this one for the state and adjoint channels.
+    if backward:
+        seminorm = config.adjoint is not None and config.adjoint.seminorm
+        options["norm"] = _augmented_norm(seminorm)
+    else:
         options["norm"] = field.norm
     if config.first_step is not None:
         options["first_step"] = config.first_step
     return options
+
+
+def _augmented_norm(seminorm: bool) -> Callable:
+    """The reference engine's error norm of the adjoint's backward solve: the RMS of the
+    augmented state ``[y, a, a_theta]`` (seminorm: of ``[y, a]`` only), NaN read as inf.
+
+    torchdiffeq gives a norm of the backward solve the state as ``(a_t, y, a, *a_theta)``
+    (public: its ``adjoint_options["norm"]``); its default, the largest of separate norms
+    and of ``|a_t|``, would take other steps than the reference engine. ``a_t``, the
+    gradient w.r.t. time, is not in the reference's augmented state either.
+    """
+
+    def norm(state: tuple) -> torch.Tensor:
+        _, y, adjoint, *adjoint_params = state
+        parts = (y, adjoint) if seminorm else (y, adjoint, *adjoint_params)
+        squares = sum(part.pow(2).sum() for part in parts)
+        count = sum(part.numel() for part in parts)
+        return torch.nan_to_num((squares / count).sqrt(), nan=math.inf)
+
+    return norm
 
 
 def _fixed_grid(step_size: float) -> Callable:
