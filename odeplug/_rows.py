@@ -197,16 +197,16 @@ class _RowSolver:
         self.t_all = grid
         self.next_out_all = np.ones(len(lengths), dtype=np.int64)
         self.failures: dict[int, tuple[str, str, float]] = {}
-        # Coefficients as columns of the states' arrays: a stage combination is a product
-        # and a sum over stages, elementwise, so every entry is rounded the same way in a
-        # batch of any size. (A BLAS product ``a @ stages`` is not: its kernels round the
-        # entries of a long vector differently from a short one's, and early steps,
-        # whose error estimates are near rounding, would then step differently.)
+        # A stage combination is a sum of products, elementwise in stage order
+        # (ops.combine), so that every entry is rounded the same way in a batch of any
+        # size. A BLAS product ``a @ stages`` is not: its kernels round the entries of a
+        # long vector differently from a short one's, and early steps, whose error
+        # estimates lie near rounding, would then step differently from the row alone.
         a = tableau.matrix(np.float64)
-        self.stage_rows = [ops.constant(a[i, :i, None]) for i in range(self.n_stages)]
-        self.b = ops.constant(np.asarray(tableau.b)[:, None])
-        self.b_error = None if tableau.b_error is None else ops.constant(np.asarray(
-            tableau.b_error)[:, None])
+        self.stage_rows = [ops.coefficients(a[i, :i]) for i in range(self.n_stages)]
+        self.b = ops.coefficients(np.asarray(tableau.b))
+        self.b_error = None if tableau.b_error is None else ops.coefficients(
+            np.asarray(tableau.b_error))
         self.b_dense = None if tableau.b_dense is None else np.asarray(tableau.b_dense)
 
         rows = np.arange(n)
@@ -321,16 +321,16 @@ class _RowSolver:
         flat = stages.reshape(self.n_stages, -1)
         yi = y
         for i in range(1, self.n_stages):
-            increment = (self.stage_rows[i] * flat[:i]).sum(0).reshape(y.shape)
+            increment = ops.combine(self.stage_rows[i], flat).reshape(y.shape)
             yi = y + h_col * increment
             stages[i] = self.evaluate(self.s + tableau.c[i] * h, yi)
         if tableau.fsal:
             y1 = yi  # the last stage is evaluated at y1
         else:
-            y1 = y + h_col * (self.b * flat).sum(0).reshape(y.shape)
+            y1 = y + h_col * ops.combine(self.b, flat).reshape(y.shape)
         error = None
         if self.adaptive:
-            error = h_col * (self.b_error * flat).sum(0).reshape(y.shape)
+            error = h_col * ops.combine(self.b_error, flat).reshape(y.shape)
         return y1, error
 
     def _accept(self, accept: np.ndarray, s1: np.ndarray, h: np.ndarray, y1: Any) -> None:
@@ -432,9 +432,8 @@ class _RowSolver:
         # Elementwise products and sums on the host (not a BLAS product), as above.
         powers = x[:, None, None] ** np.arange(1, self.b_dense.shape[1] + 1)
         weights = (powers * self.b_dense).sum(axis=2)  # (rows, stages)
-        weights = ops.constant(weights.T[:, :, None])
         stages = ops.take(self.stages, positions, axis=1)
-        return y0 + ops.column(h) * (weights * stages).sum(0)
+        return y0 + ops.column(h) * ops.combine_rows(weights, stages)
 
     # -------------------------------------------------------- failures, batch
 
@@ -515,8 +514,17 @@ class _NumpyArrays(_Arrays):
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
 
-    def constant(self, values):
-        return np.asarray(values, dtype=self.dtype)
+    def coefficients(self, values):
+        return np.asarray(values, dtype=self.dtype)[:, None]
+
+    def combine(self, coefficients, stages):
+        """``sum_j c_j stages[j]``, in order of j: NumPy reduces axis 0 one slice at a
+        time, so each entry's sum is sequential, whatever the length of a slice."""
+        return (coefficients * stages[: len(coefficients)]).sum(axis=0)
+
+    def combine_rows(self, weights, stages):
+        """``sum_j weights[r, j] stages[j, r]`` for every row ``r``, in order of j."""
+        return (weights.T[:, :, None].astype(self.dtype) * stages).sum(axis=0)
 
     def column(self, values):
         return np.asarray(values).astype(self.dtype)[:, None]
@@ -562,11 +570,31 @@ class _TorchArrays(_Arrays):
         self.dtype, self.device = dtype, device
         self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
 
+    def coefficients(self, values):
+        # Python floats, rounded to the state's dtype as NumPy does with weak scalars.
+        return [float(v) for v in np.asarray(values, dtype=self.np_dtype)]
+
+    def combine(self, coefficients, stages):
+        """``sum_j c_j stages[j]`` as a chain of products and sums, in order of j (torch's
+        reductions round by the length of the vector; its products and sums do not),
+        skipping the zero coefficients."""
+        total = None
+        for j, c in enumerate(coefficients):
+            if c != 0.0:
+                term = stages[j] * c
+                total = term if total is None else total + term
+        return stages[0] * 0.0 if total is None else total
+
+    def combine_rows(self, weights, stages):
+        """``sum_j weights[r, j] stages[j, r]`` for every row ``r``, in order of j."""
+        weights = self._from_host(weights.T[:, :, None].astype(self.np_dtype))
+        total = weights[0] * stages[0]
+        for j in range(1, len(weights)):
+            total = total + weights[j] * stages[j]
+        return total
+
     def _from_host(self, values):
         return self.xp.from_numpy(np.ascontiguousarray(values)).to(self.device)
-
-    def constant(self, values):
-        return self._from_host(np.asarray(values, dtype=self.np_dtype))
 
     def column(self, values):
         return self._from_host(np.asarray(values).astype(self.np_dtype)[:, None])
