@@ -22,10 +22,14 @@ column of ``y``'s dtype (on its device) holding the time of each of the ``m`` ro
 ``np.full((m, 1), t)``, ``t.expand(m, 1)``), so a field written for one time per call
 works unchanged.
 
-Numbers: the same arithmetic as the reference engine's one-problem stepper
-(``odeplug.reference.solve``), so a row agrees with the solve of that row alone to the
-rounding of the field's batched arithmetic (BLAS rounds a row of a large product
-differently from the same row alone), with the same steps and evaluation counts.
+Numbers: the formulas of the reference engine's one-problem stepper
+(``odeplug.reference.solve``: the same steps and evaluation counts, the same values to
+rounding). The solver's own arithmetic is elementwise (stage combinations are sums of
+products in stage order, no BLAS product), so a row's numbers depend on the batch only
+through the field's: a field of elementwise operations gives each row exactly its solve
+alone; an MLP's matrix products round a row of a large product differently from the
+row alone (about 1e-16 relative in float64, 1e-7 in float32), which the flow amplifies
+and which, in float32, can move a step decision near its threshold.
 """
 
 from __future__ import annotations
