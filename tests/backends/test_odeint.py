@@ -562,7 +562,7 @@ def _blow_up(t, y, args):
 
 
 def test_blow_up_is_a_step_size_underflow(engine):
-    """``dy/dt = y**2``, ``y(0) = 1``: the numerical solution stays finite (about 1e8)
+    """``dy/dt = y**2``, ``y(0) = 1``: the numerical solution stays finite (about 5e8)
     while the steps shrink towards the singularity at t = 1, until they cannot move t:
     a step size underflow, on every engine (not a non-finite state: nothing overflows)."""
     t = np.array([0.0, 0.5, 0.9, 2.0])
