@@ -1,10 +1,14 @@
 """Step-size selection, written once for every engine, over an array namespace.
 
-Each function takes ``xp``, the namespace of the arrays it is given: :data:`SCALARS` for
-Python floats (the reference engine's one-problem loop, where NumPy's 0-d arrays would
-cost more than the arithmetic), ``numpy``, ``torch`` or ``jax.numpy`` for arrays, so that
-a row-wise solve can hold one step size per row, and JAX can trace them. Nothing here
-branches on a value: decisions are ``xp.where``, so the same lines run under ``jax.jit``.
+Each function takes ``xp``, the namespace of the quantities it decides on (step sizes,
+error ratios, times): :data:`SCALARS` for Python floats (the reference engine's
+one-problem loop, where NumPy's 0-d arrays would cost more than the arithmetic),
+``numpy`` for one value per row (``odeplug._rows``, also for torch states: its control
+lives on the host) or ``jax.numpy``, so that JAX can trace them. States are only combined
+with operators, so they may be arrays of another namespace than ``xp`` (torch tensors on
+a GPU, reduced to host values by the ``norm`` given); :func:`error_ratio` alone takes the
+states' namespace. Nothing here branches on a value: decisions are ``xp.where``, so the
+same lines run under ``jax.jit``.
 
 The definitions are those of diffrax's ``PIDController`` and torchdiffeq's adaptive
 solvers, so that every engine takes the same steps:
@@ -18,13 +22,16 @@ solvers, so that every engine takes the same steps:
   shrink);
 * first step: Hairer, Norsett & Wanner, *Solving ODEs I*, Sec. II.4 (as torchdiffeq and
   diffrax mean to);
-* fixed steps: ``t0 + k h``, the last step shortened to end exactly on ``t1``.
+* fixed steps: ``t0 + k h``, the last step shortened to end exactly on ``t1``;
+* failure: a step size below :func:`step_size_underflow`'s threshold ends the solve.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import numpy as np
 
 __all__ = [
     "SCALARS",
@@ -34,6 +41,7 @@ __all__ = [
     "initial_step",
     "rms_norm",
     "step_factor",
+    "step_size_underflow",
 ]
 
 # An error ratio of 0 (an exact step) asks for the largest growth: 1 / _TINY_RATIO,
@@ -43,6 +51,11 @@ _TINY_RATIO = 1e-30
 # A last fixed step shorter than this fraction of step_size is merged into the step
 # before: t1 - t0 = n * h up to rounding must give n steps, not n + 1.
 _FIXED_GRID_SLACK = 1e-9
+
+# A step below 4 ulps of the time (float64: times are float64 on every engine) cannot
+# move t by more than rounding: the solve is stuck. Relative to max(1, |t|), so that near
+# t = 0 the threshold does not vanish with the ulp.
+_UNDERFLOW_ULPS = 4 * 2.0**-52
 
 
 class _Scalars:
@@ -68,22 +81,22 @@ def rms_norm(xp, x, axis=None):
     :data:`SCALARS`, ``x`` is a NumPy array and the result a Python float.
     """
     if xp is SCALARS:
-        return math.sqrt(float((x * x).mean())) if x.size else 0.0
+        # One BLAS dot: the cheapest sum of squares of a flat NumPy state.
+        return math.sqrt(float(np.vdot(x, x)) / x.size) if x.size else 0.0
     if axis is None:
         return xp.sqrt(xp.mean(x * x))
     return xp.sqrt(xp.mean(x * x, axis=axis, keepdims=True))
 
 
 def error_ratio(xp, error, y0, y1, rtol, atol, norm):
-    """``norm(error / (atol + rtol * max(|y0|, |y1|)))``: below 1, the step is accepted."""
-    scale = atol + rtol * _abs_max(y0, y1)
+    """``norm(error / (atol + rtol * max(|y0|, |y1|)))``: below 1, the step is accepted.
+
+    Here ``xp`` is the namespace of the states (``numpy``, ``torch``, ``jax.numpy``):
+    ``xp.maximum`` is exact, as torchdiffeq's and diffrax's scales are (an operator form
+    such as ``a + (b - a) * (b > a)`` rounds where ``a < b / 2``).
+    """
+    scale = atol + rtol * xp.maximum(abs(y0), abs(y1))
     return norm(error / scale)
-
-
-def _abs_max(a, b):
-    """``max(|a|, |b|)`` elementwise, with operators only (any array type)."""
-    a, b = abs(a), abs(b)
-    return a + (b - a) * (b > a)
 
 
 def step_factor(xp, ratio, previous_inverse, order, config):
@@ -123,17 +136,19 @@ def step_factor(xp, ratio, previous_inverse, order, config):
     return accept, factor, xp.where(accept, inverse, previous_inverse)
 
 
-def initial_step(xp, fun, t0, y0, f0, order, rtol, atol, norm):
+def initial_step(xp, fun, t0, y0, f0, order, rtol, atol, norm, to_state=None):
     """Hairer's first step for ``dy/dt = fun(t, y)`` from ``(t0, y0)``, ``f0 = fun(t0, y0)``.
 
-    Costs one evaluation of ``fun``. ``norm`` reduces to one value per problem (per row
-    for a row-wise solve, where the result is a column of step sizes).
+    Costs one evaluation of ``fun``. ``norm`` reduces a state to one value of ``xp`` per
+    problem (per row for a row-wise solve, whose result is one step size per row).
+    ``to_state(h)`` makes a step size of ``xp`` a factor of the state (for a row-wise
+    solve: a column of the state's dtype and device); by default ``h`` itself.
     """
     scale = atol + abs(y0) * rtol
     d0, d1 = norm(y0 / scale), norm(f0 / scale)
     small = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = xp.where(small, 1e-6, 0.01 * d0 / xp.where(small, 1.0, d1))
-    f1 = fun(t0 + h0, y0 + h0 * f0)
+    f1 = fun(t0 + h0, y0 + (h0 if to_state is None else to_state(h0)) * f0)
     d2 = norm((f1 - f0) / scale) / h0
     d_max = xp.maximum(d1, d2)
     flat = d_max <= 1e-15
@@ -151,3 +166,10 @@ def fixed_step_end(xp, t0, t1, step_size, k, n_steps):
     """End of fixed step number ``k`` (from 1) of ``n_steps``: ``t0 + k h``, or ``t1``
     for the last one. ``step_size`` carries the direction of time."""
     return xp.where(k >= n_steps, t1, t0 + step_size * k)
+
+
+def step_size_underflow(xp, t, h):
+    """Whether a step ``h`` from time ``t`` is too small to move ``t``: below 4 ulps of
+    ``max(1, |t|)`` in float64 (``abs(h) < 4 eps max(1, |t|)``), or NaN (a first step
+    from a non-finite slope), which no comparison would stop."""
+    return xp.where(abs(h) >= _UNDERFLOW_ULPS * xp.maximum(1.0, abs(t)), False, True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_time_grid", "check_initial_state", "check_field_output"]
+__all__ = ["check_time_grid", "check_row_time_grids", "check_initial_state",
+           "check_field_output"]
 
 
 def check_time_grid(t: np.ndarray) -> int:
@@ -31,6 +32,55 @@ def check_time_grid(t: np.ndarray) -> int:
     if bad is not None:
         raise ValueError(f"t must be strictly monotonic; t[{bad}] == t[{bad + 1}] == {t[bad]}")
     raise ValueError("t must be strictly increasing or strictly decreasing")
+
+
+def check_row_time_grids(t, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check the time grids of a row-wise solve: one shared grid or one per row.
+
+    ``t`` is 1-D (a grid of :func:`check_time_grid`, shared by the ``n_rows`` rows) or of
+    shape ``(n_rows, T)``: each row finite, strictly monotonic (either way) and at least
+    its first time, then NaN padding only.
+
+    Returns
+    -------
+    grid : ndarray of shape ``(n_rows, T)``, float64
+        The grids (a broadcast view for a shared one).
+    lengths : ndarray of shape ``(n_rows,)``, int
+        The number of valid times of each row.
+    directions : ndarray of shape ``(n_rows,)``, float64
+        +1 or -1 (+1 for a row of one time).
+    """
+    t = np.asarray(t)
+    if t.dtype.kind not in "fiu":
+        raise TypeError(f"t must be a real array of times, got dtype {t.dtype}")
+    if t.ndim == 1:
+        direction = check_time_grid(t)
+        grid = np.broadcast_to(t.astype(np.float64), (n_rows, t.shape[0]))
+        return (grid, np.full(n_rows, t.shape[0]), np.full(n_rows, float(direction)))
+    if t.ndim != 2 or t.shape[0] != n_rows:
+        raise ValueError(f"t must have shape (T,) or (n_rows, T) = ({n_rows}, T), got "
+                         f"{t.shape}")
+    grid = t.astype(np.float64)
+    if np.isinf(grid).any():
+        raise ValueError("t contains inf")
+    finite = ~np.isnan(grid)
+    lengths = finite.sum(axis=1)
+    padded = np.arange(grid.shape[1]) >= lengths[:, None]
+    if (finite == padded).any():
+        row = int(np.flatnonzero((finite == padded).any(axis=1))[0])
+        raise ValueError(f"row {row} of t: NaN is only padding after its last time, and its "
+                         f"first time must be finite: {t[row]}")
+    diff = np.diff(grid, axis=1)
+    valid = ~padded[:, 1:]  # diff[i, j] is between two valid times
+    increasing = ((diff > 0) | ~valid).all(axis=1)
+    decreasing = ((diff < 0) | ~valid).all(axis=1)
+    bad = ~(increasing | decreasing)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"row {row} of t must be strictly increasing or strictly "
+                         f"decreasing: {t[row]}")
+    directions = np.where(decreasing & ~increasing, -1.0, 1.0)
+    return grid, lengths, directions
 
 
 def check_initial_state(y0: np.ndarray) -> None:

@@ -88,4 +88,26 @@ CUBIC = Problem(
     {"A": np.array([[-0.5, 1.0], [-1.0, -0.3]]), "b": np.array([0.2, -0.1])},
 )
 
+def _rotation(t, y, args):
+    # A rotation at a speed set by the (conserved) radius: (1 + |y|^2) [-y2, y1].
+    return (y @ args["J"]) * (1 + (y * y) @ args["ones"])
+
+
+_ROTATION_Y0 = np.array([0.6, 0.3])
+
+
+def _rotation_exact(t):
+    y0 = _ROTATION_Y0
+    angle = (1 + (y0 * y0).sum()) * np.asarray(t)
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([c * y0[0] - s * y0[1], s * y0[0] + c * y0[1]], axis=-1)
+
+
+# Nonlinear, with an exact solution: the convergence-order problem.
+ROTATION = Problem(
+    "rotation", _rotation, _ROTATION_Y0, np.linspace(0.0, 2.0, 5),
+    {"J": np.array([[0.0, 1.0], [-1.0, 0.0]]), "ones": np.ones((2, 2))},
+    exact=_rotation_exact,
+)
+
 ACCURACY_PROBLEMS = [DECAY, OSCILLATOR, TIME_DEPENDENT, LOTKA_VOLTERRA]

@@ -8,9 +8,16 @@ torchdiffeq's methods and options; odeplug adds what torchdiffeq lacks:
 * classical RK4 (torchdiffeq's ``"rk4"`` is the 3/8 rule) and a fixed-step grid identical
   to the reference engine's, so that fixed-step results agree across engines;
 * ends exactly on ``t[-1]`` (torchdiffeq would step past it and interpolate);
-* a step budget, and :class:`~odeplug.SolverError` with the time reached instead of
-  torchdiffeq's assertions;
-* live counters (:class:`~odeplug.ODEStats`), the backward pass included.
+* a step budget, and :class:`~odeplug.SolverError` instead of torchdiffeq's assertions,
+  with the reference engine's reason, time reached and solution so far: a non-finite
+  candidate step is a rejection with the largest shrink (the error norm reads NaN as
+  inf), and only a step size that underflows after such rejections is ``non_finite``;
+* :class:`odeplug.Constant` leaves of ``args``: passed to the field unwrapped and
+  detached, never among the adjoint's parameters;
+* live counters (:class:`~odeplug.ODEStats`), the backward pass included;
+* ``odeint_rows``: many independent problems at batch speed, by the core's row solver.
+
+Every touch of torchdiffeq's private API is in :mod:`._compat`.
 
 Decreasing time grids are solved forwards in ``s = -t`` here rather than by torchdiffeq,
 so that torchdiffeq only ever sees increasing times: the options that hold times
@@ -20,7 +27,6 @@ so that torchdiffeq only ever sees increasing times: the options that hold times
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -29,61 +35,27 @@ import numpy as np
 import torch
 import torchdiffeq
 from torch import nn
-from torchdiffeq._impl.bosh3 import Bosh3Solver
-from torchdiffeq._impl.misc import Perturb
-from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
-from torchdiffeq._impl.rk_common import rk4_step_func
-from torchdiffeq._impl.solvers import FixedGridODESolver
 
+from odeplug._constant import Constant
+from odeplug._rows import solve_rows, solve_single
 from odeplug._solver_options import (
     ADAPTIVE_SOLVERS,
     FIXED_STEP_SOLVERS,
     ODESolveConfig,
     ODEStats,
 )
+from odeplug._stepping import SCALARS, fixed_step_count, fixed_step_end, step_size_underflow
 from odeplug._validation import check_field_output, check_initial_state, check_time_grid
 from odeplug.exceptions import SolverError
 
+from . import _compat
+
 __all__ = ["odeint", "odeint_rows", "SOLVERS"]
 
+_compat.register()
 
-class _ClassicalRK4(FixedGridODESolver):
-    """The classical RK4 tableau (torchdiffeq's own ``"rk4"`` is Kutta's 3/8 rule)."""
-
-    order = 4
-
-    def _step_func(self, func, t0, dt, t1, y0):
-        f0 = func(t0, y0, perturb=Perturb.NEXT if self.perturb else Perturb.NONE)
-        return rk4_step_func(func, t0, dt, t1, y0, f0=f0, perturb=self.perturb), f0
-
-
-class _HermiteBosh3(Bosh3Solver):
-    """bosh3 with the reference engine's dense output, the cubic Hermite through y0, y1
-    with slopes f0, f1. torchdiffeq's quartic goes through ``y0 + h/2 k2``, an estimate
-    of ``y(t0 + h/2)`` with an O(h^2) error, which spoils the outputs between steps."""
-
-    def _interp_fit(self, y0, y1, k, dt):
-        dt = dt.type_as(y0)
-        f0, f1 = k[..., 0], k[..., -1]
-        # Coefficients of x**0 .. x**3 (x in [0, 1]), as torchdiffeq's _interp_evaluate takes.
-        return [y0, dt * f0, 3 * (y1 - y0) - dt * (2 * f0 + f1), 2 * (y0 - y1) + dt * (f0 + f1)]
-
-
-# torchdiffeq looks methods up by name, in the forward and in the adjoint's backward solve,
-# so our variants join its registry under names of ours (no existing name changes).
-_TORCHDIFFEQ_SOLVERS.setdefault("odeplug_rk4", _ClassicalRK4)
-_TORCHDIFFEQ_SOLVERS.setdefault("odeplug_bosh3", _HermiteBosh3)
-
-# odeplug's name -> torchdiffeq's method. No tsit5 in torchdiffeq.
-SOLVERS: dict[str, str] = {
-    "euler": "euler",
-    "midpoint": "midpoint",
-    "heun": "heun2",  # the explicit trapezoidal rule
-    "rk4": "odeplug_rk4",
-    "bosh3": "odeplug_bosh3",
-    "dopri5": "dopri5",
-    "dopri8": "dopri8",
-}
+# odeplug's name -> torchdiffeq's method (odeplug's variants where they differ).
+SOLVERS: dict[str, str] = _compat.METHODS
 
 
 def odeint(
@@ -102,7 +74,8 @@ def odeint(
         1-D strictly monotonic output times; gradients w.r.t. ``t`` flow if it requires
         grad.
     args : pytree of tensors or None
-        Passed to ``func``; tensors that require grad get gradients.
+        Passed to ``func``; tensors that require grad get gradients, except those wrapped
+        in :class:`odeplug.Constant` (passed unwrapped and detached).
     config : ODESolveConfig
         Validated solver settings.
     check : bool, default=True
@@ -122,6 +95,13 @@ def odeint(
         Of ``y0``'s dtype and device.
     stats : ODEStats
         Filled in as the solve runs; ``nfe_backward`` grows during a backward pass.
+
+    Raises
+    ------
+    SolverError
+        As the reference engine's: reason, time reached, ``ts`` and ``ys`` (the outputs
+        reached, detached) of the forward solve; ``ts`` and ``ys`` None for a failure of
+        the adjoint's backward solve.
     """
     if check:
         _check_config(config)
@@ -129,22 +109,27 @@ def odeint(
         _check_field(func, y0, t, args, adjoint=config.adjoint is not None)
     else:
         direction = 1 if t[-1] > t[0] else -1
+    field_args = _tree_map(_unwrap_constant, args)
 
     stats = ODEStats()
     s = t if direction > 0 else -t  # torchdiffeq always solves forwards in time
-    field = _Field(func, args, direction, stats, config, s.detach().cpu().numpy(),
+    s_grid = s.detach().cpu().numpy()
+    if not config.adaptive:
+        n_fixed = fixed_step_count(SCALARS, float(s_grid[0]), float(s_grid[-1]),
+                                   config.step_size)
+        if n_fixed > config.max_num_steps:
+            _raise_fixed_step_failure(func, y0, t, field_args, config)
+    field = _Field(func, field_args, direction, stats, config, s_grid,
                    count_vjps=count_backward and config.adjoint is None)
     method = SOLVERS[config.solver]
     if config.adjoint is None:
-        options = _solver_options(config, s, backward=False)
+        options = _solver_options(config, s, field, backward=False)
         ys = torchdiffeq.odeint(field, y0, s, rtol=config.rtol, atol=config.atol,
                                 method=method, options=options)
     else:
         strategy = config.adjoint
-        options = _solver_options(config, s.detach(), backward=False)
-        adjoint_options = _solver_options(config, s.detach(), backward=True)
-        if strategy.seminorm:
-            adjoint_options["norm"] = "seminorm"
+        options = _solver_options(config, s.detach(), field, backward=False)
+        adjoint_options = _solver_options(config, s.detach(), field, backward=True)
         ys = torchdiffeq.odeint_adjoint(
             field, y0, s, rtol=config.rtol, atol=config.atol, method=method, options=options,
             adjoint_rtol=config.rtol if strategy.rtol is None else strategy.rtol,
@@ -153,58 +138,85 @@ def odeint(
             adjoint_params=_adjoint_params(func, args),
         )
     field.forward_done = True
-    if not config.adaptive:
-        # Fixed steps are not checked one by one (that would synchronise a GPU each step).
+    if not config.adaptive and not bool(torch.isfinite(ys.detach()).all()):
+        # Fixed steps are not checked one by one (that would synchronise a GPU each
+        # step): the failure is found again, step by step, on the core's solver.
+        _raise_fixed_step_failure(func, y0, t, field_args, config)
         _check_finite_outputs(ys, field)
     return ys, stats
 
 
 def odeint_rows(
-    func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig
+    func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *,
+    batched: bool = True,
 ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-    """Solve each row of ``y0`` (shape ``(n, ...)``) as its own problem, no gradients.
+    """Solve each row of ``y0`` (shape ``(n, d)``) as its own problem, no gradients.
 
-    Like ``odeplug.reference.solve.odeint_rows``: every row ``y0[i:i+1]`` gets its own
-    adaptive steps, so its result and cost do not depend on the other rows (the adaptive
-    cost per input of Chen et al.). The inputs and the field are checked once, not once
-    per row. ``config.adjoint`` is ignored (nothing is differentiated).
+    Like ``odeplug.reference.solve.odeint_rows``, by the same row solver
+    (:func:`odeplug._rows.solve_rows`, on torch tensors under ``torch.inference_mode``):
+    every row gets its own adaptive steps, so its result and cost do not depend on the
+    other rows (the adaptive cost per input of Chen et al.), and each iteration evaluates
+    the field once per stage for every row still running. The steps are the reference
+    engine's (its dense output too, for dopri8 as well), so a row agrees with that
+    engine's solve of it to rounding, with the same counts. ``config.adjoint`` is
+    ignored (nothing is differentiated).
+
+    Parameters
+    ----------
+    func : callable
+        ``func(t, y, args)`` on a batch of rows: ``y`` of shape ``(m, d)``, ``t`` of shape
+        ``(m, 1)`` (the time of each row, ``y``'s dtype and device).
+    y0 : tensor or array_like of shape ``(n, d)``
+    t : tensor or array_like of shape ``(T,)`` or ``(n, T)``
+        One grid for every row or one per row (NaN-padded at the end).
+    args : pytree of tensors or None
+        ``odeplug.Constant`` leaves are unwrapped.
+    config : ODESolveConfig
+    batched : bool, default=True
+        False: one row at a time (bit-for-bit independent of the other rows, slower).
 
     Returns
     -------
-    ys : torch.Tensor of shape ``(len(t),) + y0.shape``
+    ys : torch.Tensor of shape ``(T, n, d)``
     counters : dict of str to numpy.ndarray of shape ``(n,)``
-        ``nfe_forward``, ``n_steps`` and ``n_rejected`` of each row's solve.
+        ``nfe_forward``, ``n_steps`` and ``n_rejected`` of each row.
     """
     _check_config(config)
-    if config.adjoint is not None:
-        config = dataclasses.replace(config, adjoint=None)
-    # Inference mode: about 15% less per-operation overhead than no_grad, on a loop that
-    # is all small operations.
+    # Inference mode: about 15% less per-operation overhead than no_grad, on a loop of
+    # small operations.
     with torch.inference_mode():
-        y0, t, args, direction = _prepare(y0, t, args)
-        if y0.dim() == 0:
-            raise ValueError("odeint_rows needs a state with a leading axis of rows")
-        _check_field(func, y0[:1], t, args, adjoint=False)
-        s = t if direction > 0 else -t
-        s_grid = s.cpu().numpy()
-        method = SOLVERS[config.solver]
-        options = _solver_options(config, s, backward=False)
-        n = y0.shape[0]
-        counters = {name: np.zeros(n, dtype=np.int64)
-                    for name in ("nfe_forward", "n_steps", "n_rejected")}
-        outputs = []
-        for i in range(n):
-            stats = ODEStats()
-            field = _Field(func, args, direction, stats, config, s_grid)
-            ys = torchdiffeq.odeint(field, y0[i : i + 1], s, rtol=config.rtol,
-                                    atol=config.atol, method=method, options=options)
-            if not config.adaptive:
-                _check_finite_outputs(ys, field)
-            outputs.append(ys)
-            counters["nfe_forward"][i] = stats.nfe_forward
-            counters["n_steps"][i] = stats.n_steps
-            counters["n_rejected"][i] = stats.n_rejected
-        return torch.cat(outputs, dim=1), counters
+        y0 = y0 if isinstance(y0, torch.Tensor) else _from_numpy(y0)
+        check_initial_state(y0.detach().cpu().numpy())
+        if y0.dim() != 2:
+            raise ValueError(f"odeint_rows needs states of shape (n, d), got {tuple(y0.shape)}")
+        t_host = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        args = _tree_map(lambda leaf: _as_tensor_on(leaf, y0.device), args)
+        _check_args_dtypes(args, y0.dtype)
+        field_args = _tree_map(_unwrap_constant, args)
+
+        def fun(t_rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return func(t_rows, y, field_args)
+
+        solution = solve_rows(torch, fun, y0, t_host, config, batched=batched)
+    return solution.ys, solution.counters()
+
+
+def _raise_fixed_step_failure(func: Callable, y0: torch.Tensor, t: torch.Tensor, args: Any,
+                              config: ODESolveConfig) -> None:
+    """Raise the SolverError of a failed fixed-step solve, found by the core's solver.
+
+    The same grid and tableau as the torch solve (its numbers agree to rounding), checked
+    step by step: the reason, the time reached and the outputs so far are the reference
+    engine's. Returns only if that solve succeeds (rounding), for the caller to report.
+    """
+    shape = tuple(y0.shape)
+
+    def fun(t_value: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return func(t_value, y, args)
+
+    with torch.inference_mode():
+        solve_single(torch, fun, y0.detach().reshape(shape), t.detach().cpu().numpy(),
+                     config)
 
 
 def _check_config(config: ODESolveConfig) -> None:
@@ -250,7 +262,9 @@ class _Field:
 
     ``s = direction * t``. torchdiffeq calls the ``callback_*`` methods once per step;
     they count steps, enforce the step budget and turn torchdiffeq's assertions (step
-    size underflow, non-finite state) into :class:`SolverError` before they fire.
+    size underflow, non-finite state) into :class:`SolverError` before they fire, with
+    the reference engine's thresholds (``odeplug._stepping``). :meth:`norm` is the error
+    norm of the forward solve.
 
     A plain callable, not an ``nn.Module``: the adjoint is given its parameters
     explicitly, and a module's ``__call__`` and attribute lookup would cost about a tenth
@@ -272,6 +286,10 @@ class _Field:
         self.attempts = 0
         self.backward_interval = -1
         self.backward_attempts = 0
+        # The error ratio of the last step decided, and that of the last rejected one
+        # (tensors: read only if the solve fails, no synchronisation per step).
+        self.last_ratio: torch.Tensor | None = None
+        self.last_rejected_ratio: torch.Tensor | None = None
         if config.adaptive:
             # Only adaptive solvers accept these (fixed-step ones warn about them).
             self.callback_accept_step = self._accept_step
@@ -292,6 +310,14 @@ class _Field:
             dy.register_hook(self._count_vjp)
         return dy
 
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        """torchdiffeq's RMS norm, with NaN read as inf: a step whose candidate is not
+        finite is then rejected with the largest shrink (``dfactor``), as on the
+        reference engine, where torchdiffeq would make its step size NaN and stop."""
+        ratio = torch.nan_to_num(x.abs().pow(2).mean().sqrt(), nan=math.inf)
+        self.last_ratio = ratio
+        return ratio
+
     def _count_vjp(self, grad: torch.Tensor) -> None:
         self.stats.nfe_backward += 1
 
@@ -307,6 +333,8 @@ class _Field:
 
     def _reject_step(self, s0: torch.Tensor, y0: Any, ds: torch.Tensor) -> None:
         self.stats.n_rejected += 1
+        if not self.forward_done:
+            self.last_rejected_ratio = self.last_ratio
 
     def callback_step_adjoint(self, s0: torch.Tensor, y0: Any, ds: torch.Tensor) -> None:
         # The backward solve runs interval by interval (t[i] to t[i-1]); like the
@@ -318,19 +346,25 @@ class _Field:
         self._check_step(s0, ds, self.backward_attempts, backward=True)
 
     def _check_step(self, s0: torch.Tensor, ds: torch.Tensor, attempts: int, backward: bool):
+        # The reference engine's order: a step too small to take, then the budget.
+        if self.config.adaptive:
+            # Python floats: cheaper than tensor comparisons, and torchdiffeq's times are
+            # float64 already.
+            s, h = _float(s0), _float(ds)
+            if not h > 0:
+                # torchdiffeq makes a non-finite step size its min_step, 0: a non-finite
+                # error ratio got past the norm (the adjoint's own norm of the
+                # parameter channels, which odeplug does not replace).
+                self._fail("non_finite", "non-finite state", s, backward)
+            if step_size_underflow(SCALARS, s, h):
+                rejected = self.last_rejected_ratio
+                if not backward and rejected is not None and bool(torch.isinf(rejected)):
+                    self._fail("non_finite", f"non-finite state (h={h:.3g})", s)
+                self._fail("step_size_underflow", f"step size underflow (h={h:.3g})", s,
+                           backward)
         if attempts > self.config.max_num_steps:
             self._fail("max_num_steps", f"max_num_steps={self.config.max_num_steps} exceeded",
                        s0, backward)
-        if not self.config.adaptive:
-            return
-        # Python floats: cheaper than tensor comparisons, and torchdiffeq's times are
-        # float64 already. torchdiffeq replaces a non-finite step size (from a NaN error
-        # estimate) by its min_step, 0: the state or the field went non-finite.
-        s, h = _float(s0), _float(ds)
-        if not h > 0:
-            self._fail("non_finite", "non-finite state", s, backward)
-        if not s + h > s:
-            self._fail("step_size_underflow", f"step size underflow (h={h:.3g})", s, backward)
 
     def _fail(self, reason: str, message: str, s_reached: Any, backward: bool = False,
               ys: torch.Tensor | None = None):
@@ -343,7 +377,7 @@ class _Field:
         if ys is not None:
             ts = self.direction * self.s_grid[: len(ys)]
         elif not backward:
-            # Mid-solve, torchdiffeq keeps the states at the output times passed to itself.
+            # The outputs at the times reached: the solver adds them (_compat.KeepsOutputs).
             ts = self.direction * self.s_grid[self.s_grid <= s_reached]
         else:
             ts = None
@@ -361,7 +395,8 @@ def _check_finite_outputs(ys: torch.Tensor, field: _Field) -> None:
 # -------------------------------------------------------------------------- options
 
 
-def _solver_options(config: ODESolveConfig, s: torch.Tensor, backward: bool) -> dict:
+def _solver_options(config: ODESolveConfig, s: torch.Tensor, field: _Field,
+                    backward: bool) -> dict:
     """torchdiffeq's options for the forward solve or for the adjoint's backward solve.
 
     ``s`` is the increasing time grid (detached for the adjoint).
@@ -382,22 +417,48 @@ def _solver_options(config: ODESolveConfig, s: torch.Tensor, backward: bool) -> 
         # quartic, far less accurate than its steps.
         "step_t": s if backward or config.solver == "dopri8" else s[-1:],
     }
+    if backward:
+        seminorm = config.adjoint is not None and config.adjoint.seminorm
+        options["norm"] = _augmented_norm(seminorm)
+    else:
+        options["norm"] = field.norm
     if config.first_step is not None:
         options["first_step"] = config.first_step
     return options
 
 
+def _augmented_norm(seminorm: bool) -> Callable:
+    """The reference engine's error norm of the adjoint's backward solve: the RMS of the
+    augmented state ``[y, a, a_theta]`` (seminorm: of ``[y, a]`` only), NaN read as inf.
+
+    torchdiffeq gives a norm of the backward solve the state as ``(a_t, y, a, *a_theta)``
+    (public: its ``adjoint_options["norm"]``); its default, the largest of separate norms
+    and of ``|a_t|``, would take other steps than the reference engine. ``a_t``, the
+    gradient w.r.t. time, is not in the reference's augmented state either.
+    """
+
+    def norm(state: tuple) -> torch.Tensor:
+        _, y, adjoint, *adjoint_params = state
+        parts = (y, adjoint) if seminorm else (y, adjoint, *adjoint_params)
+        squares = sum(part.pow(2).sum() for part in parts)
+        count = sum(part.numel() for part in parts)
+        return torch.nan_to_num((squares / count).sqrt(), nan=math.inf)
+
+    return norm
+
+
 def _fixed_grid(step_size: float) -> Callable:
-    """The reference engine's grid: ``t0 + k h``, last step shortened to end on ``t1``."""
+    """The reference engine's grid (``odeplug._stepping``): ``t0 + k h``, the last step
+    shortened to end on ``t1``."""
 
     def grid(func: Any, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         start, end = t[0], t[-1]
         span = _float(end) - _float(start)
         # torchdiffeq calls this with a decreasing ``t`` in the adjoint's backward solve.
-        n = max(1, math.ceil(abs(span) / step_size - 1e-9))
-        k = torch.arange(1, n, dtype=t.dtype, device=t.device)
-        inner = start + math.copysign(step_size, span) * k
-        return torch.cat([start.reshape(1), inner, end.reshape(1)])
+        n = fixed_step_count(SCALARS, 0.0, span, step_size)
+        k = torch.arange(1, n + 1, dtype=t.dtype, device=t.device)
+        ends = fixed_step_end(torch, start, end, math.copysign(step_size, span), k, n)
+        return torch.cat([start.reshape(1), ends])
 
     return grid
 
@@ -434,36 +495,53 @@ def _from_numpy(x: Any) -> torch.Tensor:
 def _as_tensor_on(leaf: Any, device: torch.device) -> Any:
     if isinstance(leaf, np.ndarray):
         return _from_numpy(leaf).to(device)
+    if isinstance(leaf, Constant):
+        return Constant(_tree_map(lambda value: _as_tensor_on(value, device), leaf.value))
+    return leaf
+
+
+def _unwrap_constant(leaf: Any) -> Any:
+    """A Constant's value, detached: no gradient reaches it, by backprop or adjoint."""
+    if isinstance(leaf, Constant):
+        return _tree_map(_detach, leaf.value)
     return leaf
 
 
 def _adjoint_params(func: Callable, args: Any) -> tuple[torch.Tensor, ...]:
     """What the adjoint differentiates: the module's parameters and the tensors of
-    ``args`` that require grad, each once (a duplicate would get its gradient twice)."""
+    ``args`` that require grad, each once (a duplicate would get its gradient twice).
+    ``Constant`` leaves are not tensors here: they never are."""
     candidates = list(func.parameters()) if isinstance(func, nn.Module) else []
     candidates += [leaf for leaf in _tree_leaves(args) if isinstance(leaf, torch.Tensor)]
     unique = {id(p): p for p in candidates if p.requires_grad}
     return tuple(unique.values())
 
 
+def _check_args_dtypes(args: Any, dtype: torch.dtype) -> None:
+    """torch does not promote a float32 state by a 0-d float64 tensor, so floating tensors
+    of ``args`` (constants included) must have the state's dtype (the other engines
+    would upcast)."""
+    leaves = _tree_leaves(_tree_map(_unwrap_constant, args))
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.dtype != dtype:
+            raise TypeError(
+                f"mismatched dtypes: args holds a {leaf.dtype} tensor for a {dtype} "
+                "state; give the parameters the state's dtype"
+            )
+
+
 def _check_field(func: Callable, y0: torch.Tensor, t: torch.Tensor, args: Any,
                  adjoint: bool) -> None:
     """Check, once, that the field keeps the state's shape and dtype.
 
-    torch does not promote a float32 state by a 0-d float64 tensor, so floating tensors
-    of ``args`` must have the state's dtype too (the other engines would upcast). For the
-    adjoint, the field must not close over tensors that require grad: the adjoint only
-    differentiates ``args`` and the module's parameters, so their gradients would be lost.
+    For the adjoint, the field must not close over tensors that require grad: the adjoint
+    only differentiates ``args`` and the module's parameters, so their gradients would be
+    lost.
     """
-    for leaf in _tree_leaves(args):
-        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() \
-                and leaf.dtype != y0.dtype:
-            raise TypeError(
-                f"mismatched dtypes: args holds a {leaf.dtype} tensor for a {y0.dtype} "
-                "state; give the parameters the state's dtype"
-            )
+    _check_args_dtypes(args, y0.dtype)
     # On detached inputs: an output that still requires grad depends on hidden tensors.
-    inputs = (t[0].detach().to(y0.dtype), y0.detach(), _tree_map(_detach, args))
+    inputs = (t[0].detach().to(y0.dtype), y0.detach(),
+              _tree_map(_detach, _tree_map(_unwrap_constant, args)))
     with torch.set_grad_enabled(adjoint):
         if isinstance(func, nn.Module):
             params = {name: p.detach() for name, p in func.named_parameters()}

@@ -30,12 +30,24 @@ from autograd import make_vjp
 from autograd.extend import defvjp, defvjp_argnums, primitive
 from autograd.tracer import getval, isbox
 
+from .._constant import Constant
+from .._rows import solve_rows
 from .._solver_options import ODESolveConfig, ODEStats
+from .._stepping import (
+    SCALARS,
+    error_ratio,
+    fixed_step_count,
+    fixed_step_end,
+    initial_step,
+    rms_norm,
+    step_factor,
+    step_size_underflow,
+)
 from .._tableaus import TABLEAUS, ButcherTableau
 from .._validation import check_field_output, check_initial_state, check_time_grid
 from ..exceptions import SolverError
 
-__all__ = ["odeint", "flatten_args"]
+__all__ = ["odeint", "odeint_rows", "flatten_args"]
 
 
 # --------------------------------------------------------------------------- args
@@ -45,6 +57,9 @@ def flatten_args(args: Any) -> tuple[Any, Callable[[Any], Any]]:
     """Flatten a pytree of arrays (dicts, lists, tuples, None) into one 1-D vector.
 
     Differentiable under autograd in both directions. Returns ``(flat, unflatten)``.
+    Leaves wrapped in :class:`odeplug.Constant` stay out of ``flat``: ``unflatten`` puts
+    their values back (as plain values, so no gradient reaches them), and the adjoint
+    integrates no channel for them.
     """
     leaves: list[Any] = []
     offsets: list[tuple[int, int, tuple[int, ...]]] = []
@@ -55,6 +70,8 @@ def flatten_args(args: Any) -> tuple[Any, Callable[[Any], Any]]:
         value = getval(node)  # containers may be autograd boxes (DictBox, SequenceBox)
         if value is None:
             return None
+        if isinstance(value, Constant):
+            return ("constant", _unbox_tree(value.value))
         if isinstance(value, dict):
             return ("dict", [(key, build(node[key])) for key in value])
         if isinstance(value, (list, tuple)):
@@ -80,6 +97,16 @@ def flatten_args(args: Any) -> tuple[Any, Callable[[Any], Any]]:
     return flat, unflatten
 
 
+def _unbox_tree(tree: Any) -> Any:
+    """The values of a pytree whose leaves or containers may be autograd boxes."""
+    tree = getval(tree)
+    if isinstance(tree, dict):
+        return {key: _unbox_tree(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_unbox_tree(value) for value in tree)
+    return tree
+
+
 def _rebuild(node: Any, vector: Any, offsets: list, boxed: bool) -> Any:
     """The pytree of ``flatten_args``'s structure ``node`` from the flat ``vector``.
 
@@ -90,6 +117,8 @@ def _rebuild(node: Any, vector: Any, offsets: list, boxed: bool) -> Any:
     if node is None:
         return None
     kind, content = node
+    if kind == "constant":
+        return content
     if kind == "dict":
         return {key: _rebuild(value, vector, offsets, boxed) for key, value in content}
     if kind == "leaf":
@@ -100,6 +129,14 @@ def _rebuild(node: Any, vector: Any, offsets: list, boxed: bool) -> Any:
 
 
 # ------------------------------------------------------------------- the stepper
+
+
+# A step that would end within this many ulps of t1 (times are float64) ends on t1.
+_SNAP_ULPS = 64 * 2.0**-52
+
+
+def _rms(x: np.ndarray) -> float:
+    return rms_norm(SCALARS, x)
 
 
 @dataclass(frozen=True)
@@ -133,17 +170,20 @@ _METHOD_CACHE: dict[tuple[str, str], _Method] = {}
 
 
 def _rk_step_numpy(fun, t, y, f0, h, method, stages, need_error):
-    """One explicit RK step on plain arrays, stages stacked in ``stages`` (S, n)."""
+    """One explicit RK step on plain arrays, stages stacked in ``stages`` (S, n).
+
+    ``np.dot`` rather than ``@``: the same BLAS call with less dispatch, which counts on
+    small states (a tenth of a microsecond per stage)."""
     stages[0] = f0
-    rows, c = method.rows, method.c
+    rows, c, dot = method.rows, method.c, np.dot
     for i in range(1, len(c)):
-        yi = y + h * (rows[i] @ stages[:i])
+        yi = y + h * dot(rows[i], stages[:i])
         stages[i] = fun(t + c[i] * h, yi)
     if method.fsal:
         y1 = yi  # the last stage is evaluated at y1
     else:
-        y1 = y + h * (method.b @ stages)
-    error = h * (method.b_error @ stages) if need_error else None
+        y1 = y + h * dot(method.b, stages)
+    error = h * dot(method.b_error, stages) if need_error else None
     return y1, error, stages
 
 
@@ -197,45 +237,33 @@ def _interpolate(kind, x, h, y0, y1, f0, f1, weighted_stages):
     return y0 + h * weighted_stages
 
 
-def _rms(x: np.ndarray) -> float:
-    return math.sqrt(float(np.dot(x, x)) / x.size) if x.size else 0.0
-
-
-def _initial_step(fun, t0, y0, f0, order, rtol, atol, norm_slice):
-    """Hairer, Norsett & Wanner, Solving ODEs I, Sec. II.4 (as torchdiffeq and diffrax)."""
-    y0v, f0v = getval(y0)[norm_slice], getval(f0)[norm_slice]
-    scale = atol + np.abs(y0v) * rtol
-    d0, d1 = _rms(y0v / scale), _rms(f0v / scale)
-    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-    f1 = getval(fun(t0 + h0, getval(y0) + h0 * getval(f0)))[norm_slice]
-    d2 = _rms((f1 - f0v) / scale) / h0
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
-    return min(100 * h0, h1)
-
-
 def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: bool,
                norm_size: int | None = None, rtol=None, atol=None, direction: int = 1):
     """Solve on an increasing grid ``ts`` for a flat state ``y0``; return the list of
     states at ``ts``. ``fun(t, y)`` works on flat states. With ``traced``, arrays may be
     autograd boxes and every operation is recorded; step-size decisions use values.
+    ``norm_size``: only the first entries enter the error norm (the adjoint's seminorm).
     ``direction`` only serves error messages (times reported in the caller's frame).
+
+    The step-size decisions are ``odeplug._stepping``'s, on Python floats (``SCALARS``):
+    one problem, so NumPy's 0-d arrays would cost more than the arithmetic.
     """
     method = _Method.of(config.solver, getval(y0).dtype)
     tab = method.tableau
     rtol = config.rtol if rtol is None else rtol
     atol = config.atol if atol is None else atol
-    norm_slice = slice(None) if norm_size is None else slice(0, norm_size)
+    if norm_size is None:
+        norm = _rms
+    else:
+        norm = lambda x: _rms(x[:norm_size])  # noqa: E731
     ts_val = np.asarray(getval(ts), dtype=np.float64)
     n_out = ts_val.shape[0]
     t_start, t_end = float(ts_val[0]), float(ts_val[-1])
     ts_box = ts if isbox(ts) else None
     t_start_b = ts_box[0] if ts_box is not None else t_start
     t_end_b = ts_box[-1] if ts_box is not None else t_end
-    eps = np.finfo(np.float64).eps
-    eps_t = 64 * eps * max(1.0, abs(t_start), abs(t_end))
+    # A step ending within a few ulps of t_end ends on it (no sliver of a last step).
+    eps_t = _SNAP_ULPS * max(1.0, abs(t_start), abs(t_end))
 
     outputs = [y0]
     next_out = 1
@@ -254,33 +282,40 @@ def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: 
         )
 
     if config.adaptive:
-        h = config.first_step or _initial_step(
-            fun, t_start_b, y0, f0, tab.order, rtol, atol, norm_slice)
         if config.first_step is None:
-            stats.nfe_forward += 1
-        fixed_grid = None
-    else:
-        n_fixed = max(1, math.ceil((t_end - t_start) / config.step_size - 1e-9))
-        fixed_grid = t_start + config.step_size * np.arange(n_fixed + 1, dtype=np.float64)
-        fixed_grid[-1] = t_end
-        h = config.step_size
+            def values(s, z):
+                return getval(fun(s, z))
 
-    prev_inv_error = 1.0
+            h = initial_step(SCALARS, values, t_start, getval(y0), getval(f0), tab.order,
+                             rtol, atol, norm)
+            stats.nfe_forward += 1
+        else:
+            h = config.first_step
+    else:
+        n_fixed = fixed_step_count(SCALARS, t_start, t_end, config.step_size)
+
+    previous_inverse = 1.0
+    rejected_non_finite = False  # why the last attempt was rejected, for an underflow
     attempts = accepted = 0
     while t < t_end:
-        if attempts >= config.max_num_steps:
-            fail("max_num_steps", f"max_num_steps={config.max_num_steps} exceeded", t)
-        attempts += 1
-        if fixed_grid is not None:
-            t1 = float(fixed_grid[accepted + 1])
-        else:
+        if config.adaptive:
             t1 = t + h
             if t1 >= t_end - eps_t:
                 t1 = t_end
-        last = t1 == t_end
+        else:
+            t1 = fixed_step_end(SCALARS, t_start, t_end, config.step_size, accepted + 1,
+                                n_fixed)
         h = t1 - t
-        if h < 4 * eps * max(1.0, abs(t)):
+        if step_size_underflow(SCALARS, t, h):
+            # After non-finite candidates, or a NaN step size (from a non-finite slope),
+            # the cause is the state, not the step size.
+            if rejected_non_finite or not math.isfinite(h):
+                fail("non_finite", f"non-finite state (h={h:.3g})", t)
             fail("step_size_underflow", f"step size underflow (h={h:.3g})", t)
+        if attempts >= config.max_num_steps:
+            fail("max_num_steps", f"max_num_steps={config.max_num_steps} exceeded", t)
+        attempts += 1
+        last = t1 == t_end
         # Times as seen by the vector field: boxed when the caller differentiates t.
         if ts_box is not None:
             t_b = t_start_b + (t - t_start)
@@ -296,37 +331,17 @@ def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: 
         finite = bool(np.isfinite(getval(y1)).all())
 
         if config.adaptive:
-            if finite:
-                yv, y1v = getval(y)[norm_slice], getval(y1)[norm_slice]
-                scale = atol + rtol * np.maximum(np.abs(yv), np.abs(y1v))
-                error_ratio = _rms(error[norm_slice] / scale)
-                if not math.isfinite(error_ratio):
-                    finite = False
-            accept = finite and error_ratio < 1.0
-            if not finite:
-                factor = config.factormin
-            elif error_ratio == 0.0:
-                factor = config.factormax
-            else:
-                inv_error = 1.0 / error_ratio
-                k = tab.order
-                factor = config.safety * inv_error ** ((config.icoeff + config.pcoeff) / k)
-                if config.pcoeff:
-                    factor *= prev_inv_error ** (-config.pcoeff / k)
-                if accept:
-                    factor = min(max(factor, 1.0), config.factormax)
-                    prev_inv_error = inv_error
-                else:
-                    factor = min(max(factor, config.factormin), config.safety)
+            # A non-finite candidate is a rejection with the largest shrink (step_factor
+            # takes inf as such): the field may be undefined only beyond some time.
+            ratio = error_ratio(np, error, getval(y), getval(y1), rtol, atol, norm) \
+                if finite else math.inf
+            accept, factor, previous_inverse = step_factor(SCALARS, ratio, previous_inverse,
+                                                           tab.order, config)
+            h = h * factor
             if not accept:
                 stats.n_rejected += 1
-                h = h * factor
-                if h < 4 * eps * max(1.0, abs(t)):
-                    reason = "non_finite" if not finite else "step_size_underflow"
-                    what = "non-finite state" if not finite else "step size underflow"
-                    fail(reason, f"{what} (h={h:.3g})", t)
+                rejected_non_finite = not math.isfinite(ratio)
                 continue
-            next_h = h * factor
         elif not finite:
             fail("non_finite", "non-finite state", t1)
 
@@ -356,8 +371,6 @@ def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: 
         elif not traced:
             f1 = f1.copy()  # the stage buffer is reused by the next step
         t, y, f0 = t1, y1, f1
-        if config.adaptive:
-            h = next_h
     return outputs
 
 
@@ -547,27 +560,44 @@ defvjp(_count_backward, _count_backward_vjp)
 
 
 def odeint_rows(func: Callable, y0: np.ndarray, t: np.ndarray, args: Any,
-                config: ODESolveConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                config: ODESolveConfig, *, batched: bool = True,
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Solve each row of ``y0`` (shape ``(n, d)``) as its own problem, no gradients.
 
     Every row gets its own adaptive steps, so its result and cost do not depend on the
-    other rows (the adaptive cost per input of Chen et al.). Returns ``ys`` of shape
-    ``(len(t), n, d)`` and per-row counters ``nfe_forward``, ``n_steps``, ``n_rejected``.
+    other rows (the adaptive cost per input of Chen et al.); the rows are solved together
+    by :func:`odeplug._rows.solve_rows`, one evaluation of the field per stage for all
+    rows still running.
+
+    Parameters
+    ----------
+    func : callable
+        ``func(t, y, args)`` on a batch of rows: ``y`` of shape ``(m, d)`` and ``t`` of
+        shape ``(m, 1)``, the time of each row, in ``y``'s dtype.
+    y0 : ndarray of shape ``(n, d)``
+    t : ndarray of shape ``(T,)`` or ``(n, T)``
+        One grid for every row or one per row (NaN-padded at the end; see
+        :func:`~odeplug._rows.solve_rows`).
+    args : pytree
+        Passed to ``func`` (``odeplug.Constant`` leaves unwrapped).
+    config : ODESolveConfig
+        ``config.adjoint`` is ignored (nothing is differentiated).
+    batched : bool, default=True
+        False: one row at a time (bit-for-bit independent of the other rows, slower).
+
+    Returns
+    -------
+    ys : ndarray of shape ``(T, n, d)``
+    counters : dict of str to ndarray of shape ``(n,)``
+        ``nfe_forward``, ``n_steps`` and ``n_rejected`` of each row.
     """
-    y0 = np.asarray(y0)
-    t = np.asarray(t, dtype=np.float64)
-    direction = check_time_grid(t)
+    y0 = np.asarray(getval(y0))
+    check_initial_state(y0)
     theta, unflatten = flatten_args(args)
-    field = _plain_flat_field(func, (1, y0.shape[1]), unflatten(theta), y0.dtype, direction)
-    s = direction * t
-    ys = np.empty((len(t),) + y0.shape, dtype=y0.dtype)
-    counters = {name: np.zeros(len(y0), dtype=np.int64)
-                for name in ("nfe_forward", "n_steps", "n_rejected")}
-    for i, row in enumerate(y0):
-        stats = ODEStats()
-        outputs = _integrate(field, row.copy(), s, config, stats, traced=False,
-                             direction=direction)
-        ys[:, i] = np.stack(outputs)
-        for name in counters:
-            counters[name][i] = getattr(stats, name)
-    return ys, counters
+    args_val = unflatten(getval(theta))
+
+    def fun(t_rows, y):
+        return func(t_rows, y, args_val)
+
+    solution = solve_rows(np, fun, y0, np.asarray(getval(t)), config, batched=batched)
+    return solution.ys, solution.counters()

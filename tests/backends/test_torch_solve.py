@@ -1,8 +1,11 @@
 """What only the torch engine has: nn.Module fields, torchdiffeq's limits and the fixes
-odeplug adds to it (classical RK4, bosh3 and dopri8 dense output, SolverError)."""
+odeplug adds to it (classical RK4, bosh3 and dopri8 dense output, SolverError), and the
+checks of every touch of torchdiffeq's private API (``odeplug_backends.torch._compat``)
+against the torchdiffeq version they were written for."""
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -131,30 +134,194 @@ def test_fixed_step_adjoint_matches_backprop(solver):
 
 
 def test_blow_up_raises_solver_error_near_singularity():
-    # y' = y^2, y(0) = 1: y = 1 / (1 - t) blows up at t = 1.
+    # y' = y^2, y(0) = 1: y = 1 / (1 - t) blows up at t = 1; the reference engine's error.
+    t = [0.0, 0.5, 2.0]
     with pytest.raises(SolverError, match="at t=1") as info:
-        odeplug.odeint(lambda t, y, a: y * y, torch.ones(1, dtype=F64), [0.0, 0.5, 2.0])
+        odeplug.odeint(lambda t, y, a: y * y, torch.ones(1, dtype=F64), t)
+    with pytest.raises(SolverError) as reference:
+        odeplug.odeint(lambda t, y, a: y * y, np.ones(1), np.array(t))
     error = info.value
-    assert error.reason in ("step_size_underflow", "non_finite")
-    assert abs(error.t - 1.0) < 1e-3
+    assert error.reason == reference.value.reason == "step_size_underflow"
+    assert error.t == pytest.approx(reference.value.t, abs=1e-12)
     np.testing.assert_array_equal(error.ts, [0.0, 0.5])
+    assert isinstance(error.ys, torch.Tensor) and not error.ys.requires_grad
+    np.testing.assert_allclose(error.ys.numpy(), reference.value.ys, rtol=1e-12)
+
+
+@pytest.mark.parametrize("adjoint", [False, True], ids=["backprop", "adjoint"])
+def test_solution_so_far_is_detached(adjoint):
+    k = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    with pytest.raises(SolverError) as info:
+        odeplug.odeint(lambda t, y, a: -a * y, torch.ones(2, dtype=F64), [0.0, 1.0, 2.0, 3.0],
+                       k, adjoint=adjoint, max_num_steps=8)
+    assert info.value.reason == "max_num_steps"
+    assert len(info.value.ts) == len(info.value.ys) >= 2 and not info.value.ys.requires_grad
 
 
 def test_non_finite_field_raises_solver_error():
+    """As on the reference engine: adaptive steps that go non-finite are rejected and
+    shrink towards t = 0.5 until they underflow; a fixed step fails where its state goes
+    non-finite (0.5), found step by step after the solve."""
     def field(t, y, args):
         return torch.where(t < 0.5, -y, torch.full_like(y, torch.nan))
 
     with pytest.raises(SolverError, match="non-finite") as info:
         odeplug.odeint(field, torch.ones(2, dtype=F64), [0.0, 2.0])
     assert info.value.reason == "non_finite"
-    assert 0.0 < info.value.t <= 0.5
+    assert 0.5 - 1e-9 < info.value.t <= 0.5
+    np.testing.assert_array_equal(info.value.ys, [[1.0, 1.0]])
 
     with pytest.raises(SolverError, match="non-finite") as info:
         odeplug.odeint(field, torch.ones(2, dtype=F64), [0.0, 0.25, 1.0], solver="rk4",
                        step_size=0.1)
-    assert info.value.reason == "non_finite" and info.value.t == 1.0
+    assert info.value.reason == "non_finite" and info.value.t == pytest.approx(0.5)
     np.testing.assert_array_equal(info.value.ts, [0.0, 0.25])
     assert info.value.ys.shape == (2, 2) and torch.isfinite(info.value.ys).all()
+
+
+# ------------------------------------------------------------------- constants
+
+
+@pytest.mark.parametrize("adjoint", [True, False], ids=["adjoint", "backprop"])
+def test_constant_tensor_is_never_differentiated(monkeypatch, adjoint):
+    """A Constant tensor that requires grad: not among the adjoint's parameters, no
+    gradient by backprop either, passed to the field unwrapped and detached."""
+    import torchdiffeq
+
+    seen = {}
+    original = torchdiffeq.odeint_adjoint
+
+    def spy(*args, **kwargs):
+        seen["params"] = kwargs["adjoint_params"]
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torchdiffeq, "odeint_adjoint", spy)
+    k = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    noise = torch.tensor([0.1, -0.2], dtype=F64, requires_grad=True)
+
+    def field(t, y, args):
+        assert isinstance(args["noise"], torch.Tensor) and not args["noise"].requires_grad
+        return -args["k"] * y + args["noise"]
+
+    ys = odeplug.odeint(field, torch.ones(2, dtype=F64), [0.0, 1.0],
+                        {"k": k, "noise": odeplug.Constant(noise)}, adjoint=adjoint)
+    ys.sum().backward()
+    if adjoint:
+        assert [p is k for p in seen["params"]] == [True]
+    assert k.grad is not None and noise.grad is None
+
+
+# ------------------------------------------------------------ private API
+
+
+def test_compat_names_the_checked_torchdiffeq():
+    """_compat was checked against torchdiffeq 0.2.5; pyproject allows < 0.3 only."""
+    import torchdiffeq
+    from odeplug_backends.torch import _compat
+
+    assert _compat.CHECKED_VERSION == "0.2.5"
+    assert torchdiffeq.__version__.split(".")[:2] == _compat.CHECKED_VERSION.split(".")[:2]
+
+
+def test_compat_registry_0_2_5():
+    """torchdiffeq 0.2.5 looks methods up in ``_impl.odeint.SOLVERS`` (forward and the
+    adjoint's backward): odeplug's join it, torchdiffeq's own entries are untouched."""
+    from odeplug_backends.torch import _compat
+    from torchdiffeq._impl.dopri5 import Dopri5Solver
+    from torchdiffeq._impl.fixed_grid import RK4
+    from torchdiffeq._impl.odeint import SOLVERS as registry
+
+    for name, method in _compat.METHODS.items():
+        assert method in registry, name
+    assert registry["odeplug_dopri5"] is not Dopri5Solver
+    assert issubclass(registry["odeplug_dopri5"], Dopri5Solver)
+    assert registry["dopri5"] is Dopri5Solver and registry["rk4"] is RK4
+
+
+def test_compat_classical_rk4_0_2_5():
+    """torchdiffeq 0.2.5: ``FixedGridODESolver._step_func(func, t0, dt, t1, y0)`` returns
+    ``(dy, f0)``; ``rk_common.rk4_step_func(func, t0, dt, t1, y0, f0, perturb)`` is the
+    classical RK4 increment; ``misc.Perturb`` has NONE, NEXT, PREV."""
+    from odeplug_backends.torch._compat import ClassicalRK4
+    from torchdiffeq._impl.misc import Perturb
+    from torchdiffeq._impl.rk_common import rk4_step_func
+    from torchdiffeq._impl.solvers import FixedGridODESolver
+
+    assert list(inspect.signature(FixedGridODESolver._step_func).parameters) == [
+        "self", "func", "t0", "dt", "t1", "y0"]
+    assert list(inspect.signature(rk4_step_func).parameters) == [
+        "func", "t0", "dt", "t1", "y0", "f0", "perturb"]
+    assert {p.name for p in Perturb} == {"NONE", "NEXT", "PREV"}
+
+    def func(t, y, perturb=Perturb.NONE):
+        return y
+
+    y0, h = torch.ones(1, dtype=F64), 0.1
+    t0, dt = torch.tensor(0.0, dtype=F64), torch.tensor(h, dtype=F64)
+    solver = ClassicalRK4(func, y0, step_size=h, atol=1e-9)
+    dy, f0 = solver._step_func(func, t0, dt, t0 + dt, y0)
+    assert float(dy) == pytest.approx(h + h**2 / 2 + h**3 / 6 + h**4 / 24, rel=1e-15)
+    assert float(f0) == 1.0
+
+
+def test_compat_hermite_bosh3_0_2_5():
+    """torchdiffeq 0.2.5: ``RKAdaptiveStepsizeODESolver._interp_fit(y0, y1, k, dt)``
+    returns the coefficients of x**0..x**3 that ``interp._interp_evaluate`` evaluates;
+    odeplug's are those of the cubic Hermite through (y0, f0), (y1, f1)."""
+    from odeplug_backends.torch._compat import HermiteBosh3
+    from torchdiffeq._impl.bosh3 import Bosh3Solver
+    from torchdiffeq._impl.interp import _interp_evaluate
+
+    assert list(inspect.signature(Bosh3Solver._interp_fit).parameters) == [
+        "self", "y0", "y1", "k", "dt"]
+    y0, y1 = torch.tensor([1.0], dtype=F64), torch.tensor([2.0], dtype=F64)
+    k = torch.tensor([[0.5, 0.0, 0.0, 3.0]], dtype=F64)  # f0 = 0.5, f1 = 3
+    dt = torch.tensor(0.5, dtype=F64)
+    coefficients = HermiteBosh3._interp_fit(None, y0, y1, k, dt)
+    t0, t1 = torch.tensor(0.0, dtype=F64), dt
+    for x in (0.0, 0.3, 1.0):
+        x2, x3 = x * x, x**3
+        hermite = ((2 * x3 - 3 * x2 + 1) * 1.0 + (x3 - 2 * x2 + x) * 0.5 * 0.5
+                   + (3 * x2 - 2 * x3) * 2.0 + (x3 - x2) * 0.5 * 3.0)
+        got = _interp_evaluate(coefficients, t0, t1, torch.tensor(x * 0.5, dtype=F64))
+        assert float(got) == pytest.approx(hermite, rel=1e-14)
+
+
+def test_compat_keeps_outputs_0_2_5():
+    """torchdiffeq 0.2.5: ``AdaptiveStepsizeODESolver.integrate`` calls
+    ``_before_integrate(t)`` once, then ``_advance(t[i])`` once per output time, in
+    order; odeplug's solvers keep those outputs for a SolverError."""
+    from odeplug_backends.torch._compat import KeepsOutputs, register
+    from torchdiffeq._impl.odeint import SOLVERS as registry
+    from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver
+
+    assert list(inspect.signature(AdaptiveStepsizeODESolver._advance).parameters) == [
+        "self", "next_t"]
+    assert list(inspect.signature(AdaptiveStepsizeODESolver._before_integrate).parameters) \
+        == ["self", "t"]
+    register()
+    calls = []
+
+    class Spy(registry["odeplug_dopri5"]):
+        def _before_integrate(self, t):
+            calls.append("before")
+            super()._before_integrate(t)
+
+        def _advance(self, next_t):
+            calls.append(float(next_t))
+            return super()._advance(next_t)
+
+    assert issubclass(Spy, KeepsOutputs)
+    registry["odeplug_test_spy"] = Spy
+    try:
+        import torchdiffeq
+
+        t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+        torchdiffeq.odeint(lambda s, y: -y, torch.ones(1, dtype=F64), t,
+                           method="odeplug_test_spy")
+    finally:
+        del registry["odeplug_test_spy"]
+    assert calls == ["before", 0.5, 1.0]
 
 
 def test_step_budget_of_the_backward_solve():
