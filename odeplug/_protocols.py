@@ -11,9 +11,9 @@ Hutchinson probe vectors of a CNF, the reparameterisation noise of a VAE) from t
 estimator's ``random_state`` and passes it in the batch, so the same seed gives the same
 fit on every engine and a program is a deterministic function of its inputs.
 
-Inference returns, beside its outputs, per-row counters (:data:`RowStats`): each row is
-solved alone, with its own adaptive steps, so its result and cost do not depend on the
-other rows (the paper's adaptive cost per input).
+Inference (in :data:`INFERENCE_DTYPE`) returns, beside its outputs, per-row counters
+(:data:`RowStats`): each row is solved alone, with its own adaptive steps, so its result
+and cost do not depend on the other rows (the paper's adaptive cost per input).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
+    "INFERENCE_DTYPE",
     "ClassifierProgram",
     "DensityProgram",
     "LatentProgram",
@@ -31,6 +32,14 @@ __all__ = [
     "TrainingProgram",
     "empty_row_stats",
 ]
+
+# Inference computes in float64 on every engine, whatever the dtype the model was trained
+# in: a row's result then depends on the other rows of a batch only at float64 rounding
+# (a BLAS product rounds a row of a large product differently from the same row alone;
+# in float32 the flow and the step decisions amplify that to ~1e-5), far below
+# scikit-learn's subset-invariance tolerance (1e-7), and log-densities and trajectories
+# are as accurate as the tolerances ask. Training keeps the engine's dtype.
+INFERENCE_DTYPE = np.dtype(np.float64)
 
 Params = dict[str, np.ndarray]
 # Per-row counters of an inference solve: "nfe_forward", "n_steps", "n_rejected", each an

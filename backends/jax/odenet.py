@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from odeplug._protocols import empty_row_stats
+from odeplug._protocols import INFERENCE_DTYPE, empty_row_stats
 from odeplug._solver_options import ODESolveConfig
 from odeplug._specs import Hyper, ODENetSpec
 
@@ -151,16 +151,17 @@ class ODENetProgram:
         return {k: np.array(host[k]) for k in self.names}
 
     def predict(self, params: dict[str, np.ndarray], X: np.ndarray, hyper: Hyper):
-        """Log-probabilities; each input is solved alone, with its own adaptive steps."""
+        """Log-probabilities (float64); each input is solved alone, with its own adaptive
+        steps."""
         self.spec.check_params(params)
-        X = np.asarray(X, dtype=self.np_dtype)
+        X = np.asarray(X, dtype=INFERENCE_DTYPE)
         if X.shape[0] == 0:
-            return np.zeros((0, self.spec.n_outputs), dtype=self.np_dtype), empty_row_stats()
+            return np.zeros((0, self.spec.n_outputs), INFERENCE_DTYPE), empty_row_stats()
         # The solve's adjoint plays no part in inference: one compilation for both.
         solve = dataclasses.replace(hyper.solve, adjoint=None)
-        with precision(self.np_dtype):
-            arrays = as_arrays(params, self.names, self.np_dtype)
-        log_proba, stats = rows_in_chunks(_predict_rows(self.spec, solve_key(solve)), arrays,
-                                          X, traced_values(hyper, self.np_dtype), solve,
-                                          self.np_dtype)
-        return np.array(log_proba, dtype=self.np_dtype), stats
+        with precision(INFERENCE_DTYPE):
+            arrays = as_arrays(params, self.names, INFERENCE_DTYPE)
+        log_proba, stats = rows_in_chunks(
+            _predict_rows(self.spec, solve_key(solve)), arrays, X,
+            traced_values(hyper, INFERENCE_DTYPE), solve, INFERENCE_DTYPE)
+        return np.asarray(log_proba, dtype=INFERENCE_DTYPE), stats

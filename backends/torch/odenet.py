@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from odeplug._protocols import empty_row_stats
+from odeplug._protocols import INFERENCE_DTYPE, empty_row_stats
 from odeplug._specs import Hyper, ODENetSpec
 
 from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
@@ -111,27 +111,16 @@ class ODENetProgram:
     # -------------------------------------------------------------- inference
 
     def predict(self, params: dict[str, np.ndarray], X: np.ndarray, hyper: Hyper):
-        """Log-probabilities; each input is solved alone, with its own adaptive steps.
-
-        Every row goes through the same computation as if it were the only one (the
-        embedding, the solve and the head on a ``(1, n_features)`` batch), so a row's
-        result does not depend on the others, down to the last bit: one product of all
-        rows with ``W_embed`` would be cheaper, but BLAS rounds a row of a large product
-        differently from the same row alone (measured: up to 5e-6 apart), and the
-        embedding costs ~10 us a row next to the solve's milliseconds.
-        """
+        """Log-probabilities (float64); each input is solved alone, with its own adaptive
+        steps (the core's row solver: all rows at once, each with its own steps)."""
         self.spec.check_params(params)
         if len(X) == 0:
-            return np.zeros((0, self.spec.n_outputs), dtype=self.np_dtype), empty_row_stats()
+            return np.zeros((0, self.spec.n_outputs), INFERENCE_DTYPE), empty_row_stats()
         with torch.inference_mode():
-            tensors = {k: view(params[k], self.np_dtype) for k in self.names}
+            tensors = {k: view(params[k], INFERENCE_DTYPE) for k in self.names}
             field_params = {k: tensors[k] for k in self.field_names}
-            X = view(X, self.np_dtype)
-            z0 = torch.cat([self._initial_state(tensors, X[i : i + 1])
-                            for i in range(X.shape[0])])
+            z0 = self._initial_state(tensors, view(X, INFERENCE_DTYPE))
             zs, stats = odeint_rows(self.field, z0, self._times(hyper), field_params,
                                     hyper.solve)
-            z1 = zs[-1]
-            out = torch.cat([log_softmax(dense(tensors, "head", z1[i : i + 1]))
-                             for i in range(X.shape[0])])
+            out = log_softmax(dense(tensors, "head", zs[-1]))
         return out.numpy(), stats

@@ -8,7 +8,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import value_and_grad
 
-from .._protocols import empty_row_stats
+from .._protocols import INFERENCE_DTYPE, empty_row_stats
 from .._solver_options import ODEStats
 from .._specs import Hyper, ODENetSpec
 from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
@@ -33,7 +33,7 @@ class ODENetProgram:
         spec = self.spec
         z0 = ACTIVATIONS[spec.activation](dense(params, "embed", X))
         if spec.augment_dim:
-            z0 = anp.concatenate([z0, np.zeros((X.shape[0], spec.augment_dim), self.dtype)],
+            z0 = anp.concatenate([z0, np.zeros((X.shape[0], spec.augment_dim), X.dtype)],
                                  axis=1)
         return z0
 
@@ -77,12 +77,12 @@ class ODENetProgram:
         return {k: v.copy() for k, v in state["params"].items()}
 
     def predict(self, params, X, hyper: Hyper):
-        """Log-probabilities; each input is solved with its own adaptive steps."""
+        """Log-probabilities (float64); each input is solved with its own adaptive steps."""
         self.spec.check_params(params)
         if len(X) == 0:
-            return np.zeros((0, self.spec.n_outputs), dtype=self.dtype), empty_row_stats()
-        params = {k: np.asarray(v, dtype=self.dtype) for k, v in params.items()}
-        z0 = self._initial_state(params, np.asarray(X, dtype=self.dtype))
+            return np.zeros((0, self.spec.n_outputs), INFERENCE_DTYPE), empty_row_stats()
+        params = {k: np.asarray(v, dtype=INFERENCE_DTYPE) for k, v in params.items()}
+        z0 = self._initial_state(params, np.asarray(X, dtype=INFERENCE_DTYPE))
         zs, stats = odeint_rows(self.inference_field, z0, np.array([0.0, hyper.t1]),
                                 self._field_params(params), hyper.solve)
         return np.asarray(log_softmax(dense(params, "head", zs[-1]))), stats
