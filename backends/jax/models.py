@@ -13,10 +13,12 @@ training step compiles once per batch size (a fit has two: its batches and the l
 shorter one; padding it would change the adaptive steps, whose error norm is taken over
 the whole batch); inference pads its rows to a few sizes.
 
-Errors. A failed solve raises ``SolverError``, as on the other engines: the step reads
-the forward solve's diffrax result code (:func:`~odeplug_backends.jax.solve.odeint_result`),
-and turns the runtime error of the adjoint's backward solve, which diffrax raises under
-``jit``, into one. Neither says where the solve stopped (``t`` is NaN).
+Errors. A failed solve raises ``SolverError``, as on the other engines: the compiled
+step returns the forward solve's result code and time reached
+(:func:`~odeplug_backends.jax.solve.odeint_traced`) and, with the adjoint, those of the
+backward solves (the gradient of a probe, :func:`~odeplug_backends.jax.solve.backward_info`);
+nothing raises inside ``jit``. Prediction does not say where a row's solve stopped
+(``t`` is NaN).
 """
 
 from __future__ import annotations
@@ -25,11 +27,9 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +40,13 @@ from odeplug._specs import ODENetSpec, OptimizerSpec
 from odeplug.exceptions import SolverError
 
 from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
-from .solve import failure_reason, odeint_result
+from .solve import (
+    backward_info,
+    backward_probe,
+    failure_reason,
+    odeint_traced,
+    split_config,
+)
 
 __all__ = ["make_program", "ODENetProgram"]
 
@@ -82,12 +88,12 @@ class _ODENet:
             z0 = jnp.concatenate([z0, zeros], axis=1)
         return z0
 
-    def logits(self, params: dict, X: jax.Array, solve: ODESolveConfig):
-        """Logits, the solve's ODEStats and its diffrax result code."""
+    def logits(self, params: dict, X: jax.Array, solve: ODESolveConfig, probe=None):
+        """Logits and the solve's ``SolveInfo`` (counts, result code, time reached)."""
         field_params = {k: v for k, v in params.items() if k.startswith("field.")}
-        zs, stats, code = odeint_result(self.field, self.initial_state(params, X),
-                                        self.times, field_params, solve)
-        return dense(params, "head", zs[-1]), stats, code
+        zs, info = odeint_traced(self.field, self.initial_state(params, X), self.times,
+                                 field_params, *split_config(solve), probe=probe)
+        return dense(params, "head", zs[-1]), info
 
 
 @functools.lru_cache(maxsize=16)
@@ -100,28 +106,34 @@ def _adam(spec: OptimizerSpec) -> optax.GradientTransformation:
 @functools.lru_cache(maxsize=32)
 def _train_step(spec: ODENetSpec) -> Callable:
     """The compiled training step of a spec: ``(params, opt_state, X, y) -> (params,
-    opt_state, metrics)``, ``metrics = [loss, nfe_forward, result code]`` in one array
-    (one transfer to the host)."""
+    opt_state, metrics)``, ``metrics = [loss, nfe_forward, result code, time reached,
+    nfe_backward, backward code, backward time reached]`` in one array (one transfer
+    to the host)."""
     model = _ODENet(spec)
     optimizer = _adam(spec.optimizer)
     weight_names = spec.weight_names()
     alpha = spec.optimizer.alpha
 
-    def loss_fn(params, X, y):
-        logits, stats, code = model.logits(params, X, spec.solve)
+    def loss_fn(params, probe, X, y):
+        logits, info = model.logits(params, X, spec.solve, probe)
         picked = jnp.take_along_axis(log_softmax(logits), y[:, None], axis=1)
         penalty = sum(jnp.sum(params[k] ** 2) for k in weight_names)
         loss = -jnp.mean(picked) + 0.5 * alpha * penalty / y.shape[0]
-        return loss, (stats.nfe_forward, code)
+        return loss, info
 
     def step(params, opt_state, X, y):
         TRACE_COUNTS["step"] += 1
-        (loss, (nfe, code)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, X, y)
+        (loss, info), (grads, probe_grad) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True)(params, backward_probe(X.dtype), X, y)
+        backward = backward_info(probe_grad)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         # Counts are exact in float32 up to 2**24 evaluations.
-        metrics = jnp.stack([loss, nfe.astype(loss.dtype), code.astype(loss.dtype)])
+        metrics = jnp.stack([loss, info.nfe_forward.astype(loss.dtype),
+                             info.code.astype(loss.dtype), info.t_reached.astype(loss.dtype),
+                             backward.nfe_backward.astype(loss.dtype),
+                             backward.code.astype(loss.dtype),
+                             backward.t_reached.astype(loss.dtype)])
         return params, opt_state, metrics
 
     return jax.jit(step)
@@ -140,8 +152,8 @@ def _predict_rows(model_spec: ODENetSpec, solve: ODESolveConfig) -> Callable:
     model = _ODENet(model_spec)
 
     def one_row(params, x):
-        logits, stats, code = model.logits(params, x[None], solve)
-        counts = jnp.stack([stats.nfe_forward, stats.n_steps, stats.n_rejected, code,
+        logits, info = model.logits(params, x[None], solve)
+        counts = jnp.stack([info.nfe_forward, info.n_steps, info.n_rejected, info.code,
                             jnp.all(jnp.isfinite(logits))]).astype(jnp.int32)
         return log_softmax(logits)[0], counts
 
@@ -201,21 +213,18 @@ class ODENetProgram:
         X, y = batch
         X = np.asarray(X, dtype=self.np_dtype)
         y = np.asarray(y, dtype=np.int32)
-        try:
-            with self._precision(), _quiet_callback_errors():
-                params, opt, metrics = _train_step(self.spec)(state["params"],
-                                                              state["opt"], X, y)
-                loss, nfe, code = np.asarray(metrics).tolist()  # waits for the step
-        except (jax.errors.JaxRuntimeError, ValueError) as error:
-            # With the adjoint, diffrax's backward solve raises under jit (throw=True);
-            # after a failed forward solve, it fails too, and raises first.
-            solver_error = _runtime_solver_error(error, self.spec.solve)
-            if solver_error is None:
-                raise
-            raise solver_error from error
+        with self._precision():
+            params, opt, metrics = _train_step(self.spec)(state["params"], state["opt"],
+                                                          X, y)
+            loss, nfe, code, t, nfe_bwd, code_bwd, t_bwd = np.asarray(metrics).tolist()
         if code:
-            raise _solver_error(int(code), self.spec.solve, "the training solve")
-        metrics = {"loss": float(loss), "nfe_forward": int(nfe), "nfe_backward": None}
+            raise _solver_error(int(code), self.spec.solve, "the training solve", t=t)
+        if code_bwd:
+            raise _solver_error(int(code_bwd), self.spec.solve,
+                                "the adjoint's backward solve", t=t_bwd)
+        adjoint = self.spec.solve.adjoint is not None
+        metrics = {"loss": float(loss), "nfe_forward": int(nfe),
+                   "nfe_backward": int(nfe_bwd) if adjoint else None}
         return {"params": params, "opt": opt}, metrics
 
     def get_params(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -267,46 +276,9 @@ class ODENetProgram:
         return np.array(log_proba, dtype=self.np_dtype), stats
 
 
-def _solver_error(code: int, solve: ODESolveConfig, what: str, also: str = "") -> SolverError:
-    """``SolverError`` of a diffrax result code (not 0)."""
-    reason, message = failure_reason(code)
-    if reason == "max_num_steps":
-        message = f"max_num_steps={solve.max_num_steps} exceeded"
-    # diffrax does not say where a failed solve stopped: t is NaN.
-    return SolverError(f"{what} failed: {message}{also}", reason=reason, t=float("nan"))
-
-
-class _DropEquinoxErrors(logging.Filter):
-    """Drops JAX's log of a failed callback when it is equinox's runtime error (which
-    the program turns into a ``SolverError``), as ``equinox.filter_jit`` does."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return type(error).__name__ != "_EquinoxRuntimeError"
-
-
-@contextlib.contextmanager
-def _quiet_callback_errors():
-    logger = logging.getLogger("jax._src.callback")
-    drop = _DropEquinoxErrors()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
-
-
-def _runtime_solver_error(error: Exception, solve: ODESolveConfig) -> SolverError | None:
-    """A ``SolverError`` for diffrax's runtime error under ``jax.jit`` (an XLA error
-    that carries equinox's message), else None."""
-    marker = "_EquinoxRuntimeError: "
-    text = str(error)
-    if marker not in text:
-        return None
-    message = text.split(marker, 1)[1].strip().splitlines()[0]
-    code = next((i for i, known in enumerate(diffrax.RESULTS._index_to_message)
-                 if i and known.splitlines()[0] == message), None)
-    if code is None:
-        return SolverError(f"the training solve failed: {message}", reason="unknown",
-                           t=float("nan"))
-    return _solver_error(code, solve, "the training solve (forward or adjoint)")
+def _solver_error(code: int, solve: ODESolveConfig, what: str, also: str = "",
+                  t: float = float("nan")) -> SolverError:
+    """``SolverError`` of a result code of the engine's solve (not 0)."""
+    reason, message = failure_reason(code, split_config(solve)[0])
+    where = "" if np.isnan(t) else f" at t={t:.6g}"
+    return SolverError(f"{what} failed: {message}{where}{also}", reason=reason, t=t)
