@@ -132,7 +132,8 @@ class _DenseOutput(diffrax.AbstractLocalInterpolation):
                     + (3 * x2 - 2 * x3) * self.y1 + (x3 - x2) * self.k[-1])
         # y0 + h sum_i b_i(x) f_i, b_i(x) = sum_p b_dense[i, p] x**(p + 1).
         b_dense = jnp.asarray(self.b_dense, self.y0.dtype)
-        powers = x ** jnp.arange(1, b_dense.shape[1] + 1, dtype=self.y0.dtype)
+        # Integer powers (repeated products), as the reference's x ** (p + 1).
+        powers = jnp.stack([x ** (p + 1) for p in range(b_dense.shape[1])])
         return self.y0 + jnp.tensordot(b_dense @ powers, self.k, axes=1)
 
 
@@ -537,7 +538,9 @@ class _Layout:
     """
 
     treedef: Any
-    inner: tuple[Any, ...]  # per node of treedef: the Constant value's treedef, or None
+    # Per node of treedef: (the Constant value's treedef,) or () for a plain leaf (not
+    # None: a PyTreeDef cannot be compared with None, and jit compares layouts).
+    inner: tuple[tuple, ...]
     kinds: tuple[int, ...]
 
     @classmethod
@@ -548,11 +551,11 @@ class _Layout:
             if isinstance(node, Constant):
                 values, value_def = jax.tree.flatten(node.value)
                 leaves += values
-                inner.append(value_def)
+                inner.append((value_def,))
                 kinds += [_CONSTANT if eqx.is_array(v) else _STATIC for v in values]
             else:
                 leaves.append(node)
-                inner.append(None)
+                inner.append(())
                 kinds.append(_PARAM if eqx.is_inexact_array(node)
                              else _CONSTANT if eqx.is_array(node) else _STATIC)
         return cls(treedef, tuple(inner), tuple(kinds)), leaves
@@ -560,11 +563,12 @@ class _Layout:
     def unflatten(self, leaves: Sequence) -> Any:
         """The args the field receives: each ``Constant`` replaced by its value."""
         nodes, position = [], 0
-        for value_def in self.inner:
-            if value_def is None:
+        for constant in self.inner:
+            if not constant:
                 nodes.append(leaves[position])
                 position += 1
             else:
+                value_def, = constant
                 size = value_def.num_leaves
                 nodes.append(value_def.unflatten(leaves[position : position + size]))
                 position += size
@@ -613,14 +617,12 @@ def _first_step(slope, s0, y0, f0, order, static: SolveStatic, values: SolveValu
 
 
 def _forward(vf: Callable, y0: jax.Array, t: jax.Array, args: Any, static: SolveStatic,
-             values: SolveValues, *, padded: bool = False, raise_errors: bool = False
-             ) -> tuple[jax.Array, SolveInfo]:
+             values: SolveValues, *, padded: bool = False) -> tuple[jax.Array, SolveInfo]:
     """The forward solve: ``ys`` at every ``t`` (NaN where not reached) and its info.
 
     ``vf(t, y, args)``; ``t`` in the state's dtype, monotonic. ``padded``: ``t`` may end
     with NaNs (a row of per-row times), whose outputs are NaN; the solve ends at the
-    last time that is not NaN. ``raise_errors``: a failure is equinox's runtime error
-    (raised here, where the code is not differentiated).
+    last time that is not NaN.
     """
     if padded:
         valid = ~jnp.isnan(t)
@@ -667,8 +669,6 @@ def _forward(vf: Callable, y0: jax.Array, t: jax.Array, args: Any, static: Solve
         n_rejected=sol.stats["num_rejected_steps"].astype(jnp.int32),
         code=code, t_reached=t_reached,
         n_outputs=jnp.sum(reached).astype(jnp.int32))
-    if raise_errors:
-        ys = eqx.branched_error_if(ys, code != 0, code, _messages(static))
     return ys, info
 
 
@@ -679,7 +679,8 @@ def _forward(vf: Callable, y0: jax.Array, t: jax.Array, args: Any, static: Solve
 class _Problem:
     """What the adjoint's custom VJP takes as non-differentiable: the field on lists of
     ``(params, constants)`` (statics and closed-over values inside), the static
-    configuration, and whether a failed solve raises (equinox's runtime error)."""
+    configuration, and whether a failed backward solve raises (equinox's runtime
+    error) rather than only reporting its code through the probe."""
 
     field: Callable  # field(t, y, params, constants) -> dy
     static: SolveStatic
@@ -693,8 +694,7 @@ def _vf(problem: _Problem) -> Callable:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _solve_adjoint(problem, y0, t, params, constants, values, probe):
     del probe  # only its cotangent matters
-    return _forward(_vf(problem), y0, t, (params, constants), problem.static, values,
-                    raise_errors=problem.raise_errors)
+    return _forward(_vf(problem), y0, t, (params, constants), problem.static, values)
 
 
 def _solve_adjoint_fwd(problem, y0, t, params, constants, values, probe):
@@ -704,7 +704,7 @@ def _solve_adjoint_fwd(problem, y0, t, params, constants, values, probe):
     wanted = _Wanted(t=t.perturbed, probe=probe.perturbed,
                      params=tuple(p.perturbed for p in params))
     ys, info = _forward(_vf(problem), plain[0], plain[1], (plain[2], plain[3]),
-                        problem.static, plain[4], raise_errors=problem.raise_errors)
+                        problem.static, plain[4])
     return (ys, info), (plain, ys, wanted)
 
 
@@ -855,12 +855,12 @@ def _stop_gradient_constants(layout: _Layout, leaves: list) -> list:
 
 def _solve(func: Callable, y0, t, layout: _Layout, leaves: list, static: SolveStatic,
            values: SolveValues, probe, raise_errors: bool):
-    """The solve of :func:`odeint_traced` (or, raising, :func:`odeint`) on flattened
-    args."""
+    """The solve of :func:`odeint_traced` on flattened args; ``raise_errors``: a
+    failed backward solve raises (:func:`odeint`)."""
     field = _CheckedField(func)
     if not static.adjoint:
         args = layout.unflatten(_stop_gradient_constants(layout, leaves))
-        return _forward(field, y0, t, args, static, values, raise_errors=raise_errors)
+        return _forward(field, y0, t, args, static, values)
     problem, params, constants = _adjoint_problem(field, layout, leaves, y0, t[0],
                                                   static, raise_errors)
     if probe is None:
@@ -911,17 +911,28 @@ def odeint_traced(func: Callable, y0: Any, t: Any, args: Any, static: SolveStati
 
     Examples
     --------
-    A training step whose tolerances are traced, with its forward and backward counts:
+    A training step compiled once for any tolerances, reading the forward and backward
+    counts and codes as arrays:
 
-    >>> static, values = split_config(config)                       # doctest: +SKIP
+    >>> import jax, jax.numpy as jnp
+    >>> from odeplug._solver_options import make_solve_config
+    >>> static, values = split_config(make_solve_config(rtol=1e-6, atol=1e-8, adjoint=True))
+    >>> def field(t, y, w):
+    ...     return jnp.tanh(w @ y)
     >>> @jax.jit
-    ... def step(params, values):
-    ...     def loss(params, probe):
-    ...         ys, info = odeint_traced(f, y0, t, params, static, values, probe=probe)
+    ... def step(w, y0, values):
+    ...     def loss(w, probe):
+    ...         ys, info = odeint_traced(field, y0, jnp.array([0.0, 1.0]), w, static,
+    ...                                  values, probe=probe)
     ...         return jnp.sum(ys[-1] ** 2), info
-    ...     (value, info), (grads, probe_grad) = jax.value_and_grad(
-    ...         loss, argnums=(0, 1), has_aux=True)(params, backward_probe())
-    ...     return grads, info, backward_info(probe_grad)
+    ...     (_, info), (grad, probe_grad) = jax.value_and_grad(
+    ...         loss, argnums=(0, 1), has_aux=True)(w, backward_probe())
+    ...     return grad, info, backward_info(probe_grad)
+    >>> grad, info, backward = step(jnp.eye(2), jnp.ones(2), values)
+    >>> int(info.code), int(backward.code), int(backward.nfe_backward) > 0
+    (0, 0, True)
+    >>> looser = split_config(make_solve_config(rtol=1e-3, atol=1e-5, adjoint=True))[1]
+    >>> _ = step(jnp.eye(2), jnp.ones(2), looser)  # the same compilation
     """
     y0 = jnp.asarray(y0)
     t = jnp.asarray(t)
@@ -931,9 +942,9 @@ def odeint_traced(func: Callable, y0: Any, t: Any, args: Any, static: SolveStati
                   _as_arrays(values, y0.dtype), probe, raise_errors=False)
 
 
-def _odeint_impl(func, y0, t, layout, leaves, static, packed_values, raise_errors):
+def _odeint_impl(func, y0, t, layout, leaves, static, packed_values):
     return _solve(func, y0, t.astype(y0.dtype), layout, leaves, static,
-                  SolveValues(*packed_values), None, raise_errors=raise_errors)
+                  SolveValues(*packed_values), None, raise_errors=True)
 
 
 # One compilation per field, static configuration and shapes; tolerances are traced.
@@ -998,7 +1009,6 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *
     static, values = split_config(config)
     y0 = y0 if isinstance(y0, jax.Array) else jnp.asarray(y0)
     layout, leaves = _Layout.of(args)
-    traced = any(map(_is_traced, [y0, t, *leaves]))
     if _is_traced(y0):
         check_initial_state(np.broadcast_to(np.zeros((), y0.dtype), y0.shape))
     else:
@@ -1007,17 +1017,20 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *
         check_time_grid(np.arange(t.size).astype(t.dtype).reshape(t.shape))
         t_host = None
     else:
-        t_host = np.asarray(t)
+        t_host = np.asarray(t)  # the caller's times: those a SolverError reports
         check_time_grid(t_host)
-        t_host = t_host.astype(y0.dtype, copy=False)
         if not isinstance(t, jax.Array) or t.dtype != y0.dtype:
-            t = t_host
+            t = t_host.astype(y0.dtype, copy=False)
     # One host array for the values: one transfer, traced (not hashed) by the jit.
     packed = np.asarray(values, dtype=y0.dtype)
-    # Under a transformation, a failure can only be a runtime error; on concrete inputs
-    # it is a SolverError, raised here from the returned info.
-    ys, info = _odeint_jit(func, y0, t, layout, leaves, static, packed, traced)
-    if traced:
+    ys, info = _odeint_jit(func, y0, t, layout, leaves, static, packed)
+    if _is_traced(info.code):
+        # Under a transformation (or a field closing over traced values) no Python
+        # exception can depend on the result: equinox's runtime error instead, on a
+        # code cut from differentiation (equinox's error has no derivative rule, and an
+        # integer output of a custom VJP carries an instantiated zero tangent).
+        code = jax.lax.stop_gradient(info.code.astype(y0.dtype)).astype(jnp.int32)
+        ys = eqx.branched_error_if(ys, code != 0, code, _messages(static))
         return ys, info.stats()
     host = jax.device_get(info)
     if int(host.code):
