@@ -34,6 +34,7 @@ __all__ = [
     "initial_step",
     "rms_norm",
     "step_factor",
+    "step_size_underflow",
 ]
 
 # An error ratio of 0 (an exact step) asks for the largest growth: 1 / _TINY_RATIO,
@@ -43,6 +44,10 @@ _TINY_RATIO = 1e-30
 # A last fixed step shorter than this fraction of step_size is merged into the step
 # before: t1 - t0 = n * h up to rounding must give n steps, not n + 1.
 _FIXED_GRID_SLACK = 1e-9
+
+# A step shorter than this many epsilons of max(1, |t|) cannot be told from no step:
+# the solve stops with a step-size underflow (the reference engine's rule).
+_UNDERFLOW_EPS = 4
 
 
 class _Scalars:
@@ -140,6 +145,16 @@ def initial_step(xp, fun, t0, y0, f0, order, rtol, atol, norm):
     h1 = xp.where(flat, xp.maximum(h0 * 1e-3, 1e-6),
                   (0.01 / xp.where(flat, 1.0, d_max)) ** (1.0 / order))
     return xp.minimum(100 * h0, h1)
+
+
+def step_size_underflow(xp, h, t, eps):
+    """Whether a step ``h`` (positive) from ``t`` is too small to advance:
+    ``h < 4 eps max(1, |t|)``, ``eps`` the machine epsilon of the times.
+
+    NaN-safe: a NaN step (from a NaN field at the start, say) is an underflow too, rather
+    than a step that never ends the solve.
+    """
+    return xp.where(h >= _UNDERFLOW_EPS * eps * xp.maximum(1.0, abs(t)), False, True)
 
 
 def fixed_step_count(xp, t0, t1, step_size):

@@ -65,6 +65,7 @@ from odeplug._stepping import (
     initial_step,
     rms_norm,
     step_factor,
+    step_size_underflow,
 )
 from odeplug._tableaus import TABLEAUS, ButcherTableau
 from odeplug._validation import check_field_output, check_initial_state, check_time_grid
@@ -193,17 +194,11 @@ def _evaluations(static: SolveStatic) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------- controllers
 
-# A step shorter than this many machine epsilons of max(1, |t|) is an underflow: the
-# reference engine's rule (odeplug.reference.solve), in the precision of the times (a
-# float32 solve cannot resolve steps of float64's epsilon).
-_UNDERFLOW_EPS = 4
-
-
 def _underflow(h, t):
-    """``h`` too small to advance from ``t``; NaN-safe: a NaN step (a NaN field at
-    ``t0`` makes Hairer's initial step NaN) is one too."""
-    tiny = _UNDERFLOW_EPS * jnp.finfo(jnp.result_type(t)).eps * jnp.maximum(1.0, jnp.abs(t))
-    return ~(h >= tiny)
+    """``h`` too small to advance from ``t`` (``_stepping.step_size_underflow``), in the
+    precision of the times: a float32 solve cannot resolve steps of float64's epsilon,
+    which the reference engine's float64 times can."""
+    return step_size_underflow(jnp, h, t, jnp.finfo(jnp.result_type(t)).eps)
 
 
 def _all_finite(y) -> jax.Array:
