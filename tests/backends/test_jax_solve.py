@@ -1,5 +1,8 @@
 """The JAX engine beyond the shared suite: transformations (jit, grad, vmap), float32,
-agreement with the reference engine (steps, dense output, errors), the NFE formula."""
+agreement with the reference engine (tableaus, steps, dense output, NFE forward and
+backward, errors), the NFE formula, traced tolerances (one trace for any values),
+counts and codes under jit (the adjoint's through a probe), Constant and the adjoint's
+channels, failed backward solves, row-wise solves with per-row times."""
 
 from __future__ import annotations
 
@@ -113,7 +116,7 @@ def test_vmap_matches_separate_solves():
         np.testing.assert_allclose(ys, odeplug.odeint(CUBIC.func, y0, t, args), rtol=1e-12)
 
 
-def test_max_steps_under_jit_is_diffrax_runtime_error():
+def test_max_steps_under_jit_is_a_runtime_error():
     run = jax.jit(lambda y0: solve(OSCILLATOR, rtol=1e-10, atol=1e-12, max_num_steps=5))
     with pytest.raises(Exception, match="max_num_steps=5 exceeded"):
         jax.block_until_ready(run(jnp.asarray(OSCILLATOR.y0)))
