@@ -52,10 +52,11 @@ _TINY_RATIO = 1e-30
 # before: t1 - t0 = n * h up to rounding must give n steps, not n + 1.
 _FIXED_GRID_SLACK = 1e-9
 
-# A step below 4 ulps of the time (float64: times are float64 on every engine) cannot
-# move t by more than rounding: the solve is stuck. Relative to max(1, |t|), so that near
-# t = 0 the threshold does not vanish with the ulp.
-_UNDERFLOW_ULPS = 4 * 2.0**-52
+# A step below 4 ulps of the time cannot move t by more than rounding: the solve is
+# stuck. Relative to max(1, |t|), so that near t = 0 the threshold does not vanish with
+# the ulp.
+_UNDERFLOW_ULPS = 4
+_FLOAT64_EPS = 2.0**-52
 
 
 class _Scalars:
@@ -168,8 +169,9 @@ def fixed_step_end(xp, t0, t1, step_size, k, n_steps):
     return xp.where(k >= n_steps, t1, t0 + step_size * k)
 
 
-def step_size_underflow(xp, t, h):
+def step_size_underflow(xp, t, h, eps=_FLOAT64_EPS):
     """Whether a step ``h`` from time ``t`` is too small to move ``t``: below 4 ulps of
-    ``max(1, |t|)`` in float64 (``abs(h) < 4 eps max(1, |t|)``), or NaN (a first step
-    from a non-finite slope), which no comparison would stop."""
-    return xp.where(abs(h) >= _UNDERFLOW_ULPS * xp.maximum(1.0, abs(t)), False, True)
+    ``max(1, |t|)`` (``abs(h) < 4 eps max(1, |t|)``, ``eps`` the machine epsilon of the
+    times: float64 on the reference and torch engines, the state's dtype on JAX), or NaN
+    (a first step from a non-finite slope), which no comparison would stop."""
+    return xp.where(abs(h) >= _UNDERFLOW_ULPS * eps * xp.maximum(1.0, abs(t)), False, True)

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from odeplug._protocols import INFERENCE_DTYPE, empty_row_stats
-from odeplug._solver_options import ODESolveConfig
 from odeplug._specs import Hyper, ODENetSpec
 
 from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
@@ -27,13 +26,15 @@ from .programs import (
     adam_update,
     as_arrays,
     precision,
-    row_counts,
+    probe,
     rows_in_chunks,
     run_step,
     solve_key,
+    solve_values,
+    step_status,
     traced_values,
 )
-from .solve import odeint_result
+from .solve import SolveStatic, SolveValues, odeint_rows, odeint_traced
 
 __all__ = ["ODENetProgram"]
 
@@ -53,61 +54,64 @@ class _ODENet:
             z0 = jnp.concatenate([z0, zeros], axis=1)
         return z0
 
-    def logits(self, params: dict, X: jax.Array, t1: jax.Array, solve: ODESolveConfig):
-        """Logits, the solve's ODEStats and its diffrax result code."""
-        field_params = {k: v for k, v in params.items() if k.startswith("field.")}
+    @staticmethod
+    def times(t1: jax.Array, dtype) -> jax.Array:
+        return jnp.stack([jnp.zeros((), dtype), t1.astype(dtype)])
+
+    @staticmethod
+    def field_params(params: dict) -> dict:
+        return {k: v for k, v in params.items() if k.startswith("field.")}
+
+    def logits(self, params: dict, X: jax.Array, t1: jax.Array, static: SolveStatic,
+               values: SolveValues, probe=None):
+        """Logits of a batch (one solve) and the solve's ``SolveInfo``."""
         z0 = self.initial_state(params, X)
-        times = jnp.stack([jnp.zeros((), z0.dtype), t1.astype(z0.dtype)])
-        zs, stats, code = odeint_result(self.field, z0, times, field_params, solve)
-        return dense(params, "head", zs[-1]), stats, code
+        zs, info = odeint_traced(self.field, z0, self.times(t1, z0.dtype),
+                                 self.field_params(params), static, values, probe=probe)
+        return dense(params, "head", zs[-1]), info
 
 
 @functools.lru_cache(maxsize=32)
-def _train_step(spec: ODENetSpec, solve: ODESolveConfig) -> Callable:
+def _train_step(spec: ODENetSpec, static: SolveStatic) -> Callable:
     """The compiled training step of an architecture and a solver: ``(params, opt_state,
-    X, y, values) -> (params, opt_state, metrics)``, ``metrics = [loss, nfe_forward,
-    result code]`` in one array (one transfer to the host). ``values`` are the traced
-    hyperparameters: a new learning rate, ``alpha`` or ``t1`` reuses the compilation."""
+    X, y, values, solve_values) -> (params, opt_state, metrics, status)``. ``values``
+    (the hyperparameters) and ``solve_values`` (the tolerances) are traced: a new
+    learning rate, ``alpha``, ``t1`` or ``rtol`` reuses the compilation."""
     model = _ODENet(spec)
     penalized = spec.penalized_names()
 
-    def loss_fn(params, X, y, values):
-        logits, stats, code = model.logits(params, X, values["t1"], solve)
+    def loss_fn(params, probe_in, X, y, values, tolerances):
+        logits, info = model.logits(params, X, values["t1"], static, tolerances, probe_in)
         picked = jnp.take_along_axis(log_softmax(logits), y[:, None], axis=1)
         penalty = sum(jnp.sum(params[k] ** 2) for k in penalized)
         loss = -jnp.mean(picked) + 0.5 * values["alpha"] * penalty / y.shape[0]
-        return loss, (stats.nfe_forward, code)
+        return loss, info
 
-    def step(params, opt_state, X, y, values):
+    def step(params, opt_state, X, y, values, tolerances):
         TRACE_COUNTS["step"] += 1
-        (loss, (nfe, code)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, X, y, values)
+        (loss, info), (grads, probe_grad) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True)(params, probe(X.dtype), X, y, values,
+                                                   tolerances)
         params, opt_state = adam_update(params, grads, opt_state, values)
-        # Counts are exact in float32 up to 2**24 evaluations.
-        metrics = jnp.stack([loss, nfe.astype(loss.dtype), code.astype(loss.dtype)])
-        return params, opt_state, metrics
+        metrics = {"loss": loss, "nfe_forward": info.nfe_forward}
+        return params, opt_state, metrics, step_status(info, probe_grad)
 
     return jax.jit(step)
 
 
 @functools.lru_cache(maxsize=32)
-def _predict_rows(spec: ODENetSpec, solve: ODESolveConfig) -> Callable:
-    """The compiled inference of a model and a solver: ``(params, X, values) ->
-    (log_proba, counts)`` (counts: :func:`~odeplug_backends.jax.programs.row_counts`).
-
-    Each row is solved alone (``vmap`` of a one-row solve): under ``vmap`` diffrax's
-    loop runs until every row is done, but each row keeps its own step size and
-    controller state, so its result does not depend on the others.
-    """
+def _predict_rows(spec: ODENetSpec, static: SolveStatic) -> Callable:
+    """The compiled inference of a model and a solver: ``(params, X, values,
+    solve_values) -> (log_proba, ys, info)``, each row solved alone (``odeint_rows``:
+    its own steps, so its result does not depend on the others)."""
     model = _ODENet(spec)
 
-    def one_row(params, x, values):
-        logits, stats, code = model.logits(params, x[None], values["t1"], solve)
-        return log_softmax(logits)[0], row_counts(stats, code, logits)
-
-    def rows(params, X, values):
+    def rows(params, X, values, tolerances):
         TRACE_COUNTS["predict"] += 1
-        return jax.vmap(one_row, in_axes=(None, 0, None))(params, X, values)
+        z0 = model.initial_state(params, X)
+        zs, info = odeint_rows(model.field, z0, model.times(values["t1"], z0.dtype),
+                               model.field_params(params), static, tolerances)
+        return log_softmax(dense(params, "head", zs[-1])), zs, info
 
     return jax.jit(rows)
 
@@ -133,11 +137,11 @@ class ODENetProgram:
     def step(self, state: dict[str, Any], batch: tuple[np.ndarray, np.ndarray], hyper: Hyper):
         X, y = batch
         compiled = _train_step(self.spec, solve_key(hyper.solve))
-        (params, opt), (loss, nfe) = run_step(
+        (params, opt), metrics = run_step(
             compiled, self.np_dtype, hyper.solve, state["params"], state["opt"],
             np.asarray(X, dtype=self.np_dtype), np.asarray(y, dtype=np.int32),
-            traced_values(hyper, self.np_dtype))
-        metrics = {"loss": float(loss), "nfe_forward": int(nfe), "nfe_backward": None}
+            traced_values(hyper, self.np_dtype), solve_values(hyper.solve, self.np_dtype))
+        metrics["nfe_forward"] = int(metrics["nfe_forward"])
         return {"params": params, "opt": opt}, metrics
 
     def evaluate(self, state: dict[str, Any], batch, hyper: Hyper) -> dict[str, float]:
@@ -162,6 +166,7 @@ class ODENetProgram:
         with precision(INFERENCE_DTYPE):
             arrays = as_arrays(params, self.names, INFERENCE_DTYPE)
         log_proba, stats = rows_in_chunks(
-            _predict_rows(self.spec, solve_key(solve)), arrays, X,
-            traced_values(hyper, INFERENCE_DTYPE), solve, INFERENCE_DTYPE)
+            _predict_rows(self.spec, solve_key(solve)), arrays, (X,),
+            (traced_values(hyper, INFERENCE_DTYPE), solve_values(solve, INFERENCE_DTYPE)),
+            solve, np.array([0.0, hyper.t1]))
         return np.asarray(log_proba, dtype=INFERENCE_DTYPE), stats

@@ -5,27 +5,27 @@ function per family, and so is each inference entry point. The estimator builds 
 program for every fit and prediction, so the compiled functions are not kept on the
 program but cached at module level (``functools.lru_cache`` of each family's builder),
 keyed by the architecture (the frozen spec) and the static part of the solver
-(:func:`solve_key`). Everything else of a :class:`~odeplug._specs.Hyper` (learning
-rate, ``alpha``, ``t1``, tolerances, regulariser weights) is a traced input
-(:func:`traced_values`): a refit, a clone in a grid search or a second estimator with
-other values reuses the compilation. The training loop gives every batch of a fit one
-size, so a fit compiles its step once; inference solves rows in chunks of
-:data:`CHUNK_ROWS`, so it compiles once whatever the number of rows.
+(:func:`solve_key`: solver, adjoint, step budget). Everything else is a traced input:
+the floats of a :class:`~odeplug._specs.Hyper` (learning rate, ``alpha``, ``t1``,
+regulariser weights: :func:`traced_values`) and the tolerances (:func:`solve_values`),
+so a refit, a clone in a grid search or a second estimator with other values reuses the
+compilation. The training loop gives every batch of a fit one size, so a fit compiles
+its step once; inference solves rows in chunks of :data:`CHUNK_ROWS`, so it compiles
+once whatever the number of rows.
 
-Errors. A failed solve raises :class:`~odeplug.SolverError`, as on the other engines:
-compiled functions return diffrax's result codes, which :func:`run_step` and
-:func:`rows_in_chunks` turn into errors on the host.
+Errors. Nothing raises inside a compiled function: solves report odeplug's result codes
+and the time reached (forward: ``SolveInfo``; the adjoint's backward solves: the gradient
+of a probe, ``BackwardInfo``), which :func:`run_step` and :func:`rows_in_chunks` turn
+into :class:`~odeplug.SolverError` on the host, worded as on the other engines.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 from collections.abc import Callable
 from typing import Any
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +36,18 @@ from odeplug._solver_options import ODESolveConfig
 from odeplug._specs import Hyper, ODENetSpec
 from odeplug.exceptions import SolverError
 
-from .solve import failure_reason
+from .solve import (
+    BackwardInfo,
+    SolveInfo,
+    SolveStatic,
+    SolveValues,
+    backward_info,
+    backward_probe,
+    backward_solver_error,
+    failure_reason,
+    row_solver_error,
+    split_config,
+)
 
 __all__ = [
     "CHUNK_ROWS",
@@ -46,10 +57,11 @@ __all__ = [
     "as_arrays",
     "make_program",
     "precision",
-    "row_counts",
     "rows_in_chunks",
     "run_step",
     "solve_key",
+    "solve_values",
+    "step_status",
     "traced_values",
 ]
 
@@ -73,13 +85,19 @@ def make_program(spec: Any):
     raise NotImplementedError(f"the jax engine has no program for {type(spec).__name__}")
 
 
-def solve_key(solve: ODESolveConfig) -> ODESolveConfig:
-    """The part of a solve configuration that changes the compiled computation."""
-    return solve
+def solve_key(solve: ODESolveConfig) -> SolveStatic:
+    """The part of a solve configuration that changes the compiled computation (the rest
+    is :func:`solve_values`)."""
+    return split_config(solve)[0]
+
+
+def solve_values(solve: ODESolveConfig, dtype) -> SolveValues:
+    """Tolerances, fixed step size and first step: traced inputs, in the model's dtype."""
+    return SolveValues(*(np.asarray(v, dtype=dtype) for v in split_config(solve)[1]))
 
 
 def traced_values(hyper: Hyper, dtype) -> dict[str, np.ndarray]:
-    """Every value of ``hyper`` as a 0-d array of the model's dtype: inputs of the
+    """Every float of ``hyper`` as a 0-d array of the model's dtype: inputs of the
     compiled functions. (A float64 array would promote a float32 model to float64 under
     ``jax_enable_x64``, where Python floats, weakly typed, would not.)"""
     return {name: np.asarray(value, dtype=dtype) for name, value in hyper.values().items()}
@@ -120,108 +138,79 @@ def adam_update(params, grads, opt_state, values):
     return params, opt_state
 
 
+def probe(dtype) -> jax.Array:
+    """The adjoint's probe of a training step (see ``solve.backward_probe``)."""
+    return backward_probe(dtype)
+
+
+def step_status(info: SolveInfo, probe_gradient: jax.Array | None = None) -> jax.Array:
+    """``[code, t_reached, nfe_backward, backward code, backward t_reached]`` of a
+    training step's solve, what :func:`run_step` reads (backward zeros without the
+    adjoint)."""
+    backward = backward_info(probe_gradient if probe_gradient is not None
+                             else jnp.zeros(3, info.t_reached.dtype))
+    return jnp.stack([info.code.astype(info.t_reached.dtype), info.t_reached,
+                      backward.nfe_backward.astype(info.t_reached.dtype),
+                      backward.code.astype(info.t_reached.dtype), backward.t_reached])
+
+
 def run_step(compiled: Callable, dtype, solve: ODESolveConfig, *args):
-    """Call a compiled training step whose last output is a metrics vector ending with a
-    diffrax result code; returns ``(outputs, metrics as floats)`` or raises
-    ``SolverError``."""
-    try:
-        with precision(dtype), _quiet_callback_errors():
-            *outputs, metrics = compiled(*args)
-            metrics = np.asarray(metrics).tolist()  # waits for the step
-    except (jax.errors.JaxRuntimeError, ValueError) as error:
-        # With the adjoint, diffrax's backward solve raises under jit (throw=True);
-        # after a failed forward solve, it fails too, and raises first.
-        solver_error = _runtime_solver_error(error, solve)
-        if solver_error is None:
-            raise
-        raise solver_error from error
-    code = int(metrics[-1])
-    if code:
-        raise solver_error_of(code, solve, "the training solve")
-    return outputs, metrics[:-1]
-
-
-def row_counts(stats, code, *finite) -> jax.Array:
-    """The per-row vector :func:`rows_in_chunks` reads: ``[nfe_forward, n_steps,
-    n_rejected, result code, all outputs finite]``."""
-    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in finite]))
-    return jnp.stack([stats.nfe_forward, stats.n_steps, stats.n_rejected, code, ok]
-                     ).astype(jnp.int32)
-
-
-def rows_in_chunks(compiled: Callable, params: dict[str, jax.Array], rows: np.ndarray,
-                   values: dict, solve: ODESolveConfig, dtype):
-    """Run a compiled row-wise inference ``compiled(params, rows, values) -> (outputs,
-    counts)`` on chunks of :data:`CHUNK_ROWS` rows; returns the outputs (NumPy, a pytree
-    like the compiled function's) and the per-row counters, or raises ``SolverError``
-    for the first failed row.
-
-    The last chunk is padded with copies of its first row, whose results are dropped;
-    a row's result does not depend on the other rows of its chunk.
-    """
-    n = rows.shape[0]
-    pending = []
+    """Call a compiled training step returning ``(*outputs, metrics, status)``:
+    ``metrics`` a dict of scalars, ``status`` from :func:`step_status`. Returns
+    ``(outputs, metrics as Python floats)`` with ``nfe_backward`` set (None without the
+    adjoint), or raises ``SolverError`` for a failed forward, then backward, solve."""
     with precision(dtype):
+        *outputs, metrics, status = compiled(*args)
+        metrics, status = jax.device_get((metrics, status))  # waits for the step
+    static = solve_key(solve)
+    code, t_reached, nfe_backward, backward_code, backward_t = np.asarray(status).tolist()
+    if code:
+        reason, message = failure_reason(int(code), static)
+        raise SolverError(f"the training solve failed: {message} at t={t_reached:.6g}",
+                          reason=reason, t=t_reached)
+    if backward_code:
+        raise backward_solver_error(
+            BackwardInfo(nfe_backward, int(backward_code), backward_t), static)
+    metrics = {name: float(value) for name, value in metrics.items()}
+    metrics["nfe_backward"] = int(nfe_backward) if static.adjoint else None
+    return outputs, metrics
+
+
+def rows_in_chunks(compiled: Callable, params: dict[str, jax.Array], rows: tuple,
+                   values: tuple, solve: ODESolveConfig, times: np.ndarray):
+    """Run a compiled row-wise inference ``compiled(params, *rows, *values) -> (outputs,
+    ys, info)`` (``ys`` the states at ``times``, ``info`` a per-row ``SolveInfo``) on
+    chunks of :data:`CHUNK_ROWS` rows, in :data:`~odeplug._protocols.INFERENCE_DTYPE`.
+
+    ``rows`` are arrays with one entry per row; ``times`` the solve's times, shared
+    ``(T,)`` or per row ``(n, T)`` (for the error message only). Returns the outputs
+    (NumPy, a pytree like the compiled function's) and the per-row counters, or raises
+    the ``SolverError`` of the first failed row (``"row i: ..."``): its reason, time
+    reached and solution so far, as ``odeint`` on that row alone. The last chunk is
+    padded with copies of its first row, whose results are dropped.
+    """
+    n = rows[0].shape[0]
+    pending = []
+    with precision(np.float64):
         for start in range(0, n, CHUNK_ROWS):
-            chunk = rows[start : start + CHUNK_ROWS]
-            pad = np.repeat(chunk[:1], CHUNK_ROWS - len(chunk), axis=0)
-            pending.append(compiled(params, np.concatenate([chunk, pad]), values))
+            chunk = [r[start : start + CHUNK_ROWS] for r in rows]
+            fill = CHUNK_ROWS - len(chunk[0])
+            chunk = [np.concatenate([c, np.repeat(c[:1], fill, axis=0)]) for c in chunk]
+            pending.append(compiled(params, *chunk, *values))
         host = jax.device_get(pending)  # one wait for every chunk
     outputs = jax.tree.map(lambda *parts: np.concatenate(parts)[:n],
-                           *[out for out, _ in host])
-    counts = np.concatenate([c for _, c in host])[:n].astype(np.int64)
-    failed = np.flatnonzero((counts[:, 3] != 0) | (counts[:, 4] == 0))
+                           *[out for out, _, _ in host])
+    info = SolveInfo(*(np.concatenate(parts)[:n] for parts in
+                       zip(*[i for _, _, i in host], strict=True)))
+    failed = np.flatnonzero(info.code != 0)
     if failed.size:
-        i = failed[0]
-        code = int(counts[i, 3])
-        also = f" ({failed.size} of {n} rows failed)" if failed.size > 1 else ""
-        if code:
-            raise solver_error_of(code, solve, f"the solve of row {i}", also)
-        raise SolverError(f"the solve of row {i} gave a non-finite state{also}",
-                          reason="non_finite", t=float("nan"))
-    return outputs, {name: counts[:, j] for j, name in enumerate(ROW_COUNTERS)}
-
-
-def solver_error_of(code: int, solve: ODESolveConfig, what: str, also: str = "") -> SolverError:
-    """``SolverError`` of a diffrax result code (not 0)."""
-    reason, message = failure_reason(code)
-    if reason == "max_num_steps":
-        message = f"max_num_steps={solve.max_num_steps} exceeded"
-    # diffrax does not say where a failed solve stopped: t is NaN.
-    return SolverError(f"{what} failed: {message}{also}", reason=reason, t=float("nan"))
-
-
-class _DropEquinoxErrors(logging.Filter):
-    """Drops JAX's log of a failed callback when it is equinox's runtime error (which
-    the program turns into a ``SolverError``), as ``equinox.filter_jit`` does."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return type(error).__name__ != "_EquinoxRuntimeError"
-
-
-@contextlib.contextmanager
-def _quiet_callback_errors():
-    logger = logging.getLogger("jax._src.callback")
-    drop = _DropEquinoxErrors()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
-
-
-def _runtime_solver_error(error: Exception, solve: ODESolveConfig) -> SolverError | None:
-    """A ``SolverError`` for diffrax's runtime error under ``jax.jit`` (an XLA error
-    that carries equinox's message), else None."""
-    marker = "_EquinoxRuntimeError: "
-    text = str(error)
-    if marker not in text:
-        return None
-    message = text.split(marker, 1)[1].strip().splitlines()[0]
-    code = next((i for i, known in enumerate(diffrax.RESULTS._index_to_message)
-                 if i and known.splitlines()[0] == message), None)
-    if code is None:
-        return SolverError(f"the training solve failed: {message}", reason="unknown",
-                           t=float("nan"))
-    return solver_error_of(code, solve, "the training solve (forward or adjoint)")
+        row = int(failed[0])
+        chunk, offset = divmod(row, CHUNK_ROWS)
+        ys = host[chunk][1]
+        chunk_info = host[chunk][2]
+        times = np.asarray(times)
+        t = times if times.ndim == 1 else times[chunk * CHUNK_ROWS :][:CHUNK_ROWS]
+        # As the reference and torch engines word it: the first failed row.
+        raise row_solver_error(t, ys, chunk_info, offset, solve_key(solve), f"row {row}: ")
+    return outputs, {name: np.asarray(getattr(info, name), dtype=np.int64)
+                     for name in ROW_COUNTERS}
