@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -82,9 +82,6 @@ class ODEStats:
     n_steps: int = 0
     n_rejected: int = 0
 
-    def as_dict(self) -> dict[str, int | None]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 @dataclass(frozen=True)
 class ODESolveConfig:
@@ -116,16 +113,6 @@ class ODESolveConfig:
         # exactly for the fixed-step solvers; tests also run adaptive tableaus on a
         # fixed grid to measure their order).
         return self.step_size is None
-
-    @property
-    def is_default_controller(self) -> bool:
-        return (self.safety, self.factormin, self.factormax, self.pcoeff, self.icoeff) == (
-            0.9,
-            0.2,
-            10.0,
-            0.0,
-            1.0,
-        )
 
 
 # Options every backend understands, beyond the named arguments of ``odeint``.

@@ -36,13 +36,12 @@ from ..backend import Backend, get_backend
 from ..exceptions import TrainingDivergedError
 from ._sklearn_compat import Interval, StrOptions, validate_params
 
-__all__ = ["ODEEstimatorBase"]
+__all__ = ["COMMON_CONSTRAINTS", "FIELD_CONSTRAINTS", "ODEEstimatorBase"]
 
-# Parameters every estimator has, with scikit-learn's constraints.
+# Parameters every estimator has (the engine, the solver, the training), with
+# scikit-learn's constraints; each family adds those of its model.
 COMMON_CONSTRAINTS: dict[str, list] = {
     "backend": [None, str],
-    "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-    "field_activation": [StrOptions(set(ACTIVATIONS))],
     "t1": [Interval(Real, 0, None, closed="neither")],
     "solver": [StrOptions(set(SOLVERS))],
     "rtol": [Interval(Real, 0, None, closed="neither")],
@@ -64,6 +63,13 @@ COMMON_CONSTRAINTS: dict[str, list] = {
 }
 
 
+# The vector field of the ODE-Net and the CNF: an MLP of [z, t].
+FIELD_CONSTRAINTS: dict[str, list] = {
+    "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+    "field_activation": [StrOptions(set(ACTIVATIONS))],
+}
+
+
 class ODEEstimatorBase(BaseEstimator):
     """Shared machinery; subclasses define the spec, the hyperparameters and the data."""
 
@@ -71,13 +77,15 @@ class ODEEstimatorBase(BaseEstimator):
 
     # ------------------------------------------------------------- parameters
 
-    def _hidden_sizes(self) -> tuple[int, ...]:
-        sizes = self.hidden_layer_sizes
+    @staticmethod
+    def _positive_sizes(name: str, sizes) -> tuple[int, ...]:
+        """Layer widths from an int or a sequence of positive ints (``ValueError``
+        naming ``name`` otherwise)."""
+        given = sizes
         sizes = (sizes,) if isinstance(sizes, numbers.Integral) else tuple(sizes)
         if not sizes or any(isinstance(s, bool) or not isinstance(s, numbers.Integral)
                             or s < 1 for s in sizes):
-            raise ValueError(f"hidden_layer_sizes must be positive ints, got "
-                             f"{self.hidden_layer_sizes!r}")
+            raise ValueError(f"{name} must be positive ints, got {given!r}")
         return tuple(int(s) for s in sizes)
 
     def _solve_config(self) -> ODESolveConfig:

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
 from .._specs import ACTIVATIONS, ODENetSpec
-from ._base import ODEEstimatorBase
+from ._base import COMMON_CONSTRAINTS, FIELD_CONSTRAINTS, ODEEstimatorBase
 from ._sklearn_compat import Interval, StrOptions
 
 __all__ = ["ODEClassifier"]
@@ -186,7 +186,8 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         self.warm_start = warm_start
 
     _parameter_constraints: dict = {
-        **ODEEstimatorBase._parameter_constraints,
+        **COMMON_CONSTRAINTS,
+        **FIELD_CONSTRAINTS,
         "activation": [StrOptions(set(ACTIVATIONS))],
         "augment_dim": [Interval(Integral, 0, None, closed="left")],
     }
@@ -194,7 +195,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     # ------------------------------------------------------------------ spec
 
     def _spec_of(self, n_features: int, n_classes: int, dtype: str) -> ODENetSpec:
-        sizes = self._hidden_sizes()
+        sizes = self._positive_sizes("hidden_layer_sizes", self.hidden_layer_sizes)
         return ODENetSpec(
             n_features=n_features, n_outputs=n_classes, embed_dim=sizes[0],
             field_hidden=sizes[1:], augment_dim=int(self.augment_dim),

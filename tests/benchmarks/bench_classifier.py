@@ -184,12 +184,13 @@ def _hand_jax_loop(alpha, lr, rtol, atol):
                    model.head.weight)
         return data + 0.5 * alpha * sum(jnp.sum(w**2) for w in weights) / len(yb), n_steps
 
-    @eqx.filter_jit
-    def step(model, opt_state, xb, yb):
+    def raw_step(model, opt_state, xb, yb):
         (loss, n_steps), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(
             model, xb, yb)
         updates, opt_state = optimizer.update(grads, opt_state, model)
         return eqx.apply_updates(model, updates), opt_state, loss, n_steps
+
+    step = eqx.filter_jit(raw_step)
 
     def build(params0):
         def linear(prefix):
@@ -199,14 +200,14 @@ def _hand_jax_loop(alpha, lr, rtol, atol):
         model = ODENet(linear("embed"), linear("field.0"), linear("field.1"), linear("head"))
         return model, optimizer.init(eqx.filter(model, eqx.is_array))
 
-    return build, step
+    return build, step, raw_step
 
 
 def _hand_jax(params0, X, y, *, epochs, batch_size, alpha, lr, rtol, atol, order):
     """The training loop of a diffrax user."""
     import jax.numpy as jnp
 
-    build, step = _hand_jax_loop(alpha, lr, rtol, atol)
+    build, step, _ = _hand_jax_loop(alpha, lr, rtol, atol)
     model, opt_state = build(params0)
     X, y = jnp.asarray(X), jnp.asarray(y)
     n_steps = []
@@ -355,18 +356,60 @@ def e2e_case(case: str, epochs: int) -> dict:
         return {"fit_s": time.perf_counter() - start,
                 "traces": dict(programs.TRACE_COUNTS)}
     elif case == "hand-grid":
-        import jax.numpy as jnp
-
         params0, settings = _hand_setup(X, y, epochs, 0)
         for lr in GRID["learning_rate_init"]:
             for rtol in GRID["rtol"]:
                 # A user's loop closes over its settings: each point is a new function.
                 _hand_jax(params0, X, y, **dict(settings, lr=lr, rtol=rtol, atol=rtol / 10))
-                build, _ = _hand_jax_loop(settings["alpha"], lr, rtol, rtol / 10)
-                jnp.asarray(X_val)  # scoring needs its own compiled forward: left out
+    elif case in ("odeplug-compile", "hand-compile"):
+        return _compile_breakdown(case.split("-")[0], X, y)
     else:
         raise ValueError(case)
     return {"fit_s": time.perf_counter() - start}
+
+
+def _compile_breakdown(side: str, X, y) -> dict:
+    """Seconds of tracing, lowering and XLA compilation of one training step on a batch
+    of 200 digits (``jax.jit(...).trace(...).lower().compile()``), in a fresh process."""
+    import jax
+
+    params0, settings = _hand_setup(X, y, 1, 0)
+    xb, yb = X[settings["order"][0][0]], y[settings["order"][0][0]]
+    if side == "odeplug":
+        from odeplug_backends.jax import odenet, programs
+
+        from odeplug import ODEClassifier
+
+        clf = ODEClassifier(backend="jax", random_state=0)
+        spec = clf._spec_of(X.shape[1], 10, "float32")
+        hyper = clf._hyper()
+        program = odenet.ODENetProgram(spec)
+        state = program.init(params0)
+        fn = odenet._train_step(spec, programs.solve_key(hyper.solve))
+        args = (state["params"], state["opt"], xb, yb.astype(np.int32),
+                programs.traced_values(hyper, np.float32),
+                programs.solve_values(hyper.solve, np.float32))
+    else:
+        import equinox as eqx
+
+        build, _, raw_step = _hand_jax_loop(settings["alpha"], settings["lr"],
+                                            settings["rtol"], settings["atol"])
+        model, opt_state = build(params0)
+        # What eqx.filter_jit compiles, as a jax.jit: trace, lower and compile apart.
+        params, static = eqx.partition(model, eqx.is_array)
+        fn = jax.jit(lambda p, o, a, b: raw_step(eqx.combine(p, static), o, a, b))
+        args = (params, opt_state, xb, yb)
+    times = {}
+    start = time.perf_counter()
+    traced = fn.trace(*args)
+    times["trace_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    lowered = traced.lower()
+    times["lower_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    lowered.compile()
+    times["compile_s"] = time.perf_counter() - start
+    return {"fit_s": sum(times.values()), **times}
 
 
 def _e2e_run(case: str, epochs: int, cache: str | None) -> dict:
@@ -395,6 +438,15 @@ def e2e_table(repeats: int, epochs: int = E2E_EPOCHS, grid_epochs: int = GRID_EP
     import tempfile
 
     rows = []
+    for pair in (("odeplug-compile", "hand-compile"),):
+        parts = {case: [_e2e_run(case, 1, None) for _ in range(repeats)] for case in pair}
+        row = {"what": "one step: trace / lower / XLA compile", "cache": "cold"}
+        for case, runs in parts.items():
+            side = case.split("-")[0]
+            for key in ("trace_s", "lower_s", "compile_s"):
+                row[f"{side}_{key}"] = float(np.median([r[key] for r in runs]))
+        rows.append(row)
+        print(f"  compile breakdown: {row}", flush=True)
     for label, pair, n_epochs in (("first fit, 30 epochs", ("odeplug", "hand"), epochs),
                                   ("3 x 3 grid, 10 epochs", ("odeplug-grid", "hand-grid"),
                                    grid_epochs)):
@@ -536,13 +588,24 @@ def report(parts: dict) -> str:
                   "scoring is left out, odeplug's is included).", "",
                   "| what | cache | odeplug (s) | hand loop (s) | ratio | target | "
                   "odeplug's compilations |", "|---|---|---|---|---|---|---|"]
-        for row in e2e:
+        breakdown = [r for r in e2e if "odeplug_trace_s" in r]
+        for row in (r for r in e2e if "odeplug_trace_s" not in r):
             traces = row["traces"] or {}
             lines.append(f"| {row['what']} | {row['cache']} | "
                          f"{np.median(row['odeplug_s']):.1f} | {np.median(row['hand_s']):.1f} "
                          f"| **{row['ratio']:.3f}** | <= 1.0 | "
                          f"{', '.join(f'{k} {v}' for k, v in sorted(traces.items())) or '-'} |")
         lines.append("")
+        for row in breakdown:
+            lines += ["Where a first training step's time goes (one batch of 200 digits, "
+                      "a fresh process each, median of repeats): "
+                      "`jax.jit(step).trace(...)`, `.lower()`, `.compile()` (XLA).", "",
+                      "| loop | tracing (s) | lowering (s) | XLA compilation (s) |",
+                      "|---|---|---|---|"]
+            for side in ("odeplug", "hand"):
+                lines.append(f"| {side} | {row[side + '_trace_s']:.2f} | "
+                             f"{row[side + '_lower_s']:.2f} | {row[side + '_compile_s']:.2f} |")
+            lines.append("")
     if fits:
         by = {r["loop"]: r for r in fits}
         lines += ["### Fit time against hand-written loops", "", parts["fits"]["run"], "",

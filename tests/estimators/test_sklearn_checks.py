@@ -24,3 +24,10 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 @parametrize_with_checks(CHECKED, expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("cls", sorted({type(e) for e in CHECKED}, key=lambda c: c.__name__),
+                         ids=lambda c: c.__name__)
+def test_constraints_cover_every_parameter(cls):
+    # Declarative validation checks a parameter only if it has a constraint.
+    assert set(cls._parameter_constraints) == set(cls().get_params())
