@@ -6,6 +6,7 @@ The public API is re-exported here from private modules.
 from ._config import config_context, get_config, set_config
 from ._constant import Constant
 from ._odeint import odeint
+from ._persistence import ModelFileError, load, save
 from ._solver_options import (
     ADAPTIVE_SOLVERS,
     FIXED_STEP_SOLVERS,
@@ -30,6 +31,7 @@ __all__ = [
     "BackendNotAvailableError",
     "BacksolveAdjoint",
     "Constant",
+    "ModelFileError",
     "ODEClassifier",
     "ODESolveConfig",
     "ODEStats",
@@ -39,8 +41,10 @@ __all__ = [
     "config_context",
     "get_backend",
     "get_config",
+    "load",
     "make_solve_config",
     "odeint",
     "register_backend",
+    "save",
     "set_config",
 ]

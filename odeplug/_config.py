@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["get_config", "set_config", "config_context", "resolve_backend_name",
-           "resolve_jax_cache_dir"]
+__all__ = ["get_config", "set_config", "config_context", "chosen_config", "fallback_context",
+           "resolve_backend_name", "resolve_jax_cache_dir"]
 
 ENV_BACKEND = "ODEPLUG_BACKEND"
 ENV_JAX_CACHE_DIR = "ODEPLUG_JAX_CACHE_DIR"
@@ -36,6 +36,14 @@ def _thread_config() -> dict[str, Any]:
     if not hasattr(_local, "config"):
         _local.config = dict(_global_config)
     return _local.config
+
+
+def _chosen_keys() -> set[str]:
+    """Keys this thread set with set_config / config_context (not the defaults): what a
+    user chose, which is what travels to joblib workers (:func:`chosen_config`)."""
+    if not hasattr(_local, "chosen"):
+        _local.chosen = set()
+    return _local.chosen
 
 
 def get_config() -> dict[str, Any]:
@@ -82,18 +90,23 @@ def set_config(backend: str | None = None, num_threads: int | None | str = "unch
     'reference'
     """
     config = _thread_config()
+    chosen = _chosen_keys()
     if backend is not None:
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a string, got {type(backend).__name__}")
         config["backend"] = backend
+        chosen.add("backend")
     if num_threads != "unchanged":
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        if num_threads is not None and (isinstance(num_threads, bool)
+                                        or not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
         config["num_threads"] = num_threads
+        chosen.add("num_threads")
     if jax_cache_dir != "unchanged":
         if jax_cache_dir is not None and not isinstance(jax_cache_dir, (str, os.PathLike)):
             raise TypeError(f"jax_cache_dir must be a path, '' or None, got {jax_cache_dir!r}")
         config["jax_cache_dir"] = None if jax_cache_dir is None else os.fspath(jax_cache_dir)
+        chosen.add("jax_cache_dir")
 
 
 @contextmanager
@@ -107,13 +120,56 @@ def config_context(**new_config: Any) -> Iterator[None]:
     ...     odeplug.get_config()["backend"]
     'reference'
     """
-    old = get_config()
+    old, old_chosen = get_config(), set(_chosen_keys())
     set_config(**new_config)
     try:
         yield
     finally:
-        _thread_config().clear()
-        _thread_config().update(old)
+        _restore(old, old_chosen)
+
+
+def _restore(config: dict[str, Any], chosen: set[str]) -> None:
+    _thread_config().clear()
+    _thread_config().update(config)
+    _chosen_keys().clear()
+    _chosen_keys().update(chosen)
+
+
+def chosen_config() -> dict[str, Any]:
+    """The settings this thread's user chose, without the defaults.
+
+    What ``set_config``/``config_context`` set in this thread, and what the environment
+    variables ``ODEPLUG_BACKEND`` and ``ODEPLUG_JAX_CACHE_DIR`` give for the keys left
+    unset. This, not the whole configuration, is what travels with an estimator to a
+    joblib worker (:mod:`odeplug._parallel`): a worker keeps its own defaults for what
+    the caller did not choose, so a default never overrides a worker's environment.
+    """
+    config, chosen = _thread_config(), _chosen_keys()
+    out = {key: config[key] for key in sorted(chosen)}
+    if "backend" not in out and os.environ.get(ENV_BACKEND):
+        out["backend"] = os.environ[ENV_BACKEND]
+    if "jax_cache_dir" not in out and ENV_JAX_CACHE_DIR in os.environ:
+        out["jax_cache_dir"] = os.environ[ENV_JAX_CACHE_DIR]
+    return out
+
+
+@contextmanager
+def fallback_context(config: dict[str, Any]) -> Iterator[None]:
+    """Use ``config`` for the keys this thread has not set itself; restored on exit.
+
+    How a configuration carried from another thread or process applies: below what the
+    receiving thread chose (``set_config``/``config_context`` there win), above its
+    defaults and environment. Unknown keys (from a newer odeplug) are ignored.
+    """
+    old, old_chosen = get_config(), set(_chosen_keys())
+    current = _thread_config()
+    for key, value in config.items():
+        if key in current and key not in old_chosen:
+            current[key] = value
+    try:
+        yield
+    finally:
+        _restore(old, old_chosen)
 
 
 def resolve_jax_cache_dir() -> str | None:

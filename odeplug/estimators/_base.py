@@ -28,6 +28,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from .._config import resolve_backend_name
+from .._parallel import CARRIED_ATTRIBUTE, applied, carried_for_clone
 from .._solver_options import SOLVERS, BacksolveAdjoint, ODESolveConfig, make_solve_config
 from .._specs import ACTIVATIONS, Hyper, ModelSpec
 from .._threads import limit_threads
@@ -127,7 +128,8 @@ class ODEEstimatorBase(BaseEstimator):
         if isinstance(before.get("_history"), TrainingHistory):
             before["_history"] = before["_history"].copy()
         try:
-            outcome = body(*args, **kwargs)
+            with applied(getattr(self, CARRIED_ATTRIBUTE, None)):
+                outcome = body(*args, **kwargs)
         except BaseException as error:
             if getattr(error, "keeps_fit", False):
                 raise
@@ -243,14 +245,30 @@ class ODEEstimatorBase(BaseEstimator):
         """``program.<entry>(params_, *inputs, hyper)`` on the engine of now, with the
         fitted parameters and the current solver settings; returns what it returns."""
         check_is_fitted(self, "params_")
-        engine = self._engine()
-        program = engine.make_program(self._spec)
-        with limit_threads(engine):
-            return getattr(program, entry)(self.params_, *inputs, self._inference_hyper())
+        with applied(getattr(self, CARRIED_ATTRIBUTE, None)):
+            engine = self._engine()
+            program = engine.make_program(self._spec)
+            with limit_threads(engine):
+                return getattr(program, entry)(self.params_, *inputs,
+                                               self._inference_hyper())
+
+    # ------------------------------------------------- beyond one process
+
+    def __sklearn_clone__(self):
+        """scikit-learn's clone, carrying the caller's odeplug settings to the workers
+        that meta-estimators send clones to (:mod:`odeplug._parallel`)."""
+        clone = super().__sklearn_clone__()
+        setattr(clone, CARRIED_ATTRIBUTE,
+                carried_for_clone(getattr(self, CARRIED_ATTRIBUTE, None)))
+        return clone
 
     def __getstate__(self):
         state = dict(super().__getstate__())
         # Engine objects (tensors, compiled functions) stay out of pickles: the fitted
         # model is params_ (NumPy); partial_fit after loading restarts Adam's moments.
         state.pop("_train_state", None)
+        # Settings carried to a worker travel with unfitted clones only: a fitted model
+        # (back from a worker, pickled by a user) brings no configuration anywhere.
+        if "params_" in state:
+            state.pop(CARRIED_ATTRIBUTE, None)
         return state
