@@ -109,10 +109,12 @@ def _type_name(cls: type) -> str:
     return f"{cls.__module__.split('.')[0]}.{cls.__qualname__}"
 
 
-def _registry(classes: list[type]) -> dict[str, type]:
-    names: dict[str, type] = {}
+def _registry(classes: list[type]) -> dict[str, type | None]:
+    """Classes by file name; None for a name two classes share (refused both ways)."""
+    names: dict[str, type | None] = {}
     for cls in classes:
-        names.setdefault(_type_name(cls), cls)
+        name = _type_name(cls)
+        names[name] = cls if names.get(name, cls) is cls else None
     return names
 
 
@@ -122,7 +124,7 @@ def _estimator_classes() -> dict[str, type]:
     return _registry(_subclasses(ODEEstimatorBase))
 
 
-def _dataclasses() -> dict[str, type]:
+def _dataclasses() -> list[type]:
     """Dataclasses a file may hold: odeplug's own, and the specs and Hyper subclasses
     of any family this process defines."""
     from ._solver_options import BacksolveAdjoint, ODESolveConfig
@@ -131,10 +133,10 @@ def _dataclasses() -> dict[str, type]:
 
     classes = [TrainingHistory, BacksolveAdjoint, ODESolveConfig, Hyper,
                *_subclasses(Hyper), *_subclasses(ModelSpec)]
-    return _registry([c for c in classes if dataclasses.is_dataclass(c)])
+    return [c for c in classes if dataclasses.is_dataclass(c)]
 
 
-def _check_unique(cls: type, registry: dict[str, type], what: str) -> str:
+def _check_unique(cls: type, registry: dict[str, type | None], what: str) -> str:
     name = _type_name(cls)
     if registry.get(name) is not cls:
         raise TypeError(f"cannot save a {what} {cls.__module__}.{cls.__qualname__}: "
@@ -152,7 +154,8 @@ class _Writer:
 
     def __init__(self):
         self.tensors: dict[str, np.ndarray] = {}
-        self.dataclasses = _dataclasses()
+        self.allowed = _dataclasses()
+        self.dataclasses = _registry(self.allowed)
 
     def add_tensor(self, name: str, array: np.ndarray) -> None:
         if name in self.tensors:
@@ -166,7 +169,7 @@ class _Writer:
         name = _PREFIX + path
         while name in self.tensors:
             name += "'"
-        data = np.ascontiguousarray(value)
+        data = np.require(value, requirements="C")  # ascontiguousarray makes 0-d 1-d
         if _is_native(dtype):
             self.add_tensor(name, data)
         else:  # strings, bytes, dates, other byte orders: their bytes, as uint8
@@ -201,7 +204,7 @@ class _Writer:
                                       "pos": int(pos), "has_gauss": int(has_gauss),
                                       "cached_gaussian": self.encode(float(cached), path)}}
         cls = type(value)
-        if dataclasses.is_dataclass(value) and cls in self.dataclasses.values():
+        if cls in self.allowed:
             name = _check_unique(cls, self.dataclasses, "dataclass")
             return {"$dataclass": {"name": name, "fields": {
                 f.name: self.encode(getattr(value, f.name), f"{path}.{f.name}")
@@ -247,7 +250,7 @@ class _Reader:
     def __init__(self, tensors: dict[str, np.ndarray]):
         self.tensors = tensors
         self.used: set[str] = set()
-        self.dataclasses = _dataclasses()
+        self.dataclasses = _registry(_dataclasses())
 
     def tensor(self, name: Any) -> np.ndarray:
         if not isinstance(name, str) or name not in self.tensors:
@@ -337,7 +340,7 @@ class _Reader:
         cls = self.dataclasses.get(name)
         if cls is None:
             _fail(f"it holds a {name!r:.80}, which is not a dataclass of odeplug's model files "
-                  "(or its model family is not defined in this process)")
+                  "(or its model family is not defined in this process, or two are)")
         values = {k: self.decode(v) for k, v in _of(body["fields"], dict, "fields").items()}
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(known)
@@ -376,7 +379,7 @@ def _digest(version: int, model: bytes, tensors: dict[str, np.ndarray],
     put(str(version).encode())
     put(model)
     for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
+        array = np.require(tensors[name], requirements="C")
         put(name.encode())
         put(array.dtype.str.encode())
         put(json.dumps(list(array.shape)).encode())
@@ -468,7 +471,7 @@ def save(estimator, file, *, key: bytes | str | None = None) -> None:
             if name.startswith(_PREFIX) or array.dtype.kind != "f" or not _is_native(array.dtype):
                 raise TypeError(f"params_[{name!r}]: canonical parameters are float arrays "
                                 f"with names outside {_PREFIX!r}")
-            writer.add_tensor(name, np.ascontiguousarray(array))
+            writer.add_tensor(name, np.require(array, requirements="C"))
     model = {
         "estimator": _check_unique(cls, _estimator_classes(), "estimator"),
         "odeplug_version": __version__,
@@ -681,9 +684,10 @@ def _build(model: Any, tensors: dict[str, np.ndarray], *, expected):
     cls = classes.get(name)
     if cls is None:
         raise ModelFileError(
-            f"the file holds a {name:.80}, which is not an odeplug estimator defined in this "
-            f"process (these are: {', '.join(sorted(classes))}); import the module of a "
-            "third-party estimator before loading its files", reason="foreign")
+            f"the file holds a {name:.80}, which is not an odeplug estimator defined once in "
+            f"this process (these are: {', '.join(sorted(k for k, v in classes.items() if v))});"
+            " import the module of a third-party estimator before loading its files",
+            reason="foreign")
     if expected is not None and not issubclass(cls, expected):
         raise ModelFileError(f"the file holds a {name}, not the expected {expected}",
                              reason="foreign")
