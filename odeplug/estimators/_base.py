@@ -11,7 +11,14 @@ A family's estimator defines the spec of its data (``_spec``), the values of its
 * ``_run_training(...)`` builds or reuses the engine's training state, runs the shared
   loop (:func:`odeplug._training.train`) and stores the fitted attributes;
 * ``_infer(entry, *inputs)`` calls one inference entry point of the engine's program
-  with the fitted parameters and the current solver settings.
+  with the fitted parameters and the current solver settings;
+* ``__sklearn_clone__`` and ``__getstate__`` carry the caller's odeplug settings to the
+  joblib workers that meta-estimators send clones to, and keep them out of fitted models
+  (:mod:`odeplug._parallel`); both training and inference run under them.
+
+Model files (:mod:`odeplug._persistence`) save ``get_params()`` and what ``__getstate__``
+returns, so a family's fitted attributes need no code of their own to be saved, only
+values of the file format's allow-list.
 """
 
 from __future__ import annotations
