@@ -145,6 +145,18 @@ def test_clones_carry_the_settings_to_other_threads_not_at_home():
     # Without a carried configuration, another thread has the defaults.
     assert run_in_thread(lambda: tiny().fit(X, Y).backend_) == "reference"
 
+    # Inference too: the engine a fitted clone predicts on, there and at home.
+    def engine_of(model):
+        with model._running() as engine:
+            return engine.name
+
+    fitted = clone(carried).fit(X, Y)
+    assert engine_of(fitted) == "reference"
+    with odeplug.config_context(backend="torch"):
+        fitted = clone(carried).fit(X, Y)
+    assert run_in_thread(lambda: engine_of(fitted)) == "torch"
+    assert run_in_thread(lambda: fitted.predict_proba(X).shape) == (len(X), 2)
+
 
 def test_grid_search_on_threads_gets_the_callers_settings():
     need("torch")

@@ -14,7 +14,8 @@ A family's estimator defines the spec of its data (``_spec``), the values of its
   with the fitted parameters and the current solver settings;
 * ``__sklearn_clone__`` and ``__getstate__`` carry the caller's odeplug settings to the
   joblib workers that meta-estimators send clones to, and keep them out of fitted models
-  (:mod:`odeplug._parallel`); both training and inference run under them.
+  (:mod:`odeplug._parallel`); fits (``_fit_transaction``) and inference (``_infer``, or
+  ``with self._running() as engine:`` for a block of program calls) run under them.
 
 Model files (:mod:`odeplug._persistence`) save ``get_params()`` and what ``__getstate__``
 returns, so a family's fitted attributes need no code of their own to be saved, only
@@ -23,9 +24,11 @@ values of the file format's allow-list.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 import warnings
+from collections.abc import Iterator
 from numbers import Integral, Real
 from typing import Any
 
@@ -252,12 +255,20 @@ class ODEEstimatorBase(BaseEstimator):
         """``program.<entry>(params_, *inputs, hyper)`` on the engine of now, with the
         fitted parameters and the current solver settings; returns what it returns."""
         check_is_fitted(self, "params_")
+        with self._running() as engine:
+            program = engine.make_program(self._spec)
+            return getattr(program, entry)(self.params_, *inputs, self._inference_hyper())
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[Backend]:
+        """The engine of now, inside the settings carried to a worker and the thread
+        limits: what an inference path that does not go through :meth:`_infer` (several
+        program calls in one block) runs under. Fits run under the carried settings
+        through :meth:`_fit_transaction`."""
         with applied(getattr(self, CARRIED_ATTRIBUTE, None)):
             engine = self._engine()
-            program = engine.make_program(self._spec)
             with limit_threads(engine):
-                return getattr(program, entry)(self.params_, *inputs,
-                                               self._inference_hyper())
+                yield engine
 
     # ------------------------------------------------- beyond one process
 
