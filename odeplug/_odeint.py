@@ -53,7 +53,9 @@ def odeint(
     args : pytree, optional
         Parameters passed to ``func`` (dicts, lists, tuples of arrays). Gradients w.r.t.
         them flow through ``odeint`` on every engine (autograd, torch autograd, JAX). On
-        torch, ``func`` may also be an ``nn.Module`` whose parameters are used.
+        torch, ``func`` may also be an ``nn.Module`` whose parameters are used. Leaves
+        wrapped in :class:`odeplug.Constant` reach ``func`` unwrapped and are not
+        differentiated (the adjoint integrates no channel for them).
     solver : {"euler", "midpoint", "heun", "rk4", "bosh3", "dopri5", "tsit5", "dopri8"}
         Fixed-step solvers take ``step_size``; adaptive ones take ``rtol``/``atol``. An
         engine lacking one names those it has.
@@ -77,8 +79,10 @@ def odeint(
     return_stats : bool, default=False
         Also return an ``ODEStats`` (``nfe_forward``, ``nfe_backward``, ``n_steps``,
         ``n_rejected``); ``nfe_backward`` is filled in after a backward pass on the
-        reference and torch engines, and stays ``None`` on JAX (diffrax does not report
-        the backward solves' statistics). Under ``jax.jit`` the counts are JAX scalars.
+        reference and torch engines, and stays ``None`` on JAX (a JAX function cannot
+        update an object after it returned; ``odeplug_backends.jax.solve.odeint_traced``
+        reports it through a probe's gradient). Under ``jax.jit`` the counts are JAX
+        scalars.
 
     Returns
     -------
@@ -96,9 +100,10 @@ def odeint(
         The engine is registered but not installed (the message names the pip extra).
     SolverError
         Step budget exceeded, step size underflow or non-finite state, with the time
-        reached and the solution so far. On JAX only for concrete inputs: under ``jit``,
-        ``grad`` or ``vmap`` a failed solve is diffrax's runtime error instead (no Python
-        exception can depend on a traced value).
+        reached and the solution so far, the same on every engine. On JAX only for
+        concrete inputs: under ``jit``, ``grad`` or ``vmap`` a failed solve is equinox's
+        runtime error with the same message (no Python exception can depend on a traced
+        value).
 
     Examples
     --------
