@@ -131,6 +131,68 @@ def test_classifier_round_trip_between_engines(fit_engine, load_engine, fitted, 
     assert loaded.predict(X[:3]).dtype == LABELS.dtype
 
 
+# The other families, as they land: fitted once on torch (float32: a spec that no
+# float64 engine could have made), loaded into every engine, each of their inference
+# entry points compared exactly with the original's on that engine.
+SERIES_TIMES, SERIES_TARGETS = np.linspace(0.0, 3.0, 6), np.array([3.5, 4.0])
+
+
+def _series():
+    rng = np.random.default_rng(0)
+    series = rng.normal(size=(16, 6, 2))
+    series[rng.random(series.shape) < 0.2] = np.nan
+    return series, rng.normal(size=(16, 2, 2))
+
+
+FAMILIES = {
+    "CNFDensity": (
+        lambda cls: cls(hidden_layer_sizes=(4,), max_iter=2, batch_size=32, random_state=0)
+        .fit(X),
+        lambda m: [m.score_samples(X), m.transform(X), m.sample(3, random_state=0)]),
+    "LatentODERegressor": (
+        lambda cls: cls(obs_times=SERIES_TIMES, target_times=SERIES_TARGETS, encoder="rnn",
+                        latent_dim=2, encoder_hidden_sizes=(4,), field_hidden_sizes=(4,),
+                        decoder_hidden_sizes=(), solver="bosh3", batch_size=16, max_iter=2,
+                        random_state=0).fit(*_series()),
+        lambda m: [*m.predict(_series()[0], return_std=True), m.transform(_series()[0])]),
+}
+
+
+@pytest.fixture(scope="module")
+def families():
+    return {}
+
+
+@pytest.mark.parametrize("load_engine", ENGINES)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_round_trip_into_every_engine(family, load_engine, families):
+    cls = getattr(odeplug, family, None)
+    if cls is None:
+        pytest.skip(f"{family} is not in this odeplug yet")
+    need("torch")
+    need(load_engine)
+    fit, outputs = FAMILIES[family]
+    if family not in families:
+        with odeplug.config_context(backend="torch"):
+            families[family] = fit(cls)
+    original = families[family]
+    loaded = from_bytes(to_bytes(original), backend=load_engine)
+    assert type(loaded) is cls and loaded.backend_ == "torch"
+    assert_same(saved_state(loaded), saved_state(copy.deepcopy(original).set_params(
+        backend=load_engine)))
+    on_engine = copy.deepcopy(original).set_params(backend=load_engine)
+    for got, expected in zip(outputs(loaded), outputs(on_engine), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    # And training goes on from the file, with fresh moments.
+    if load_engine == "reference":
+        warm = from_bytes(to_bytes(original)).set_params(warm_start=True, max_iter=1)
+        assert warm.fit(*_data_of(family)).n_iter_ == original.n_iter_ + 1
+
+
+def _data_of(family):
+    return (X,) if family == "CNFDensity" else _series()
+
+
 def test_saving_is_deterministic_and_files_read_back_to_the_same_bytes(fitted):
     data = to_bytes(fitted["reference"])
     assert to_bytes(fitted["reference"]) == data
