@@ -23,7 +23,12 @@ import odeplug
 from odeplug import ODEClassifier
 from odeplug._config import chosen_config, fallback_context
 
-pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+    # Dask and Ray start their processes by fork+exec, which JAX (imported by other
+    # tests of the session) warns about; exec follows at once, so no thread is copied.
+    pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning"),
+]
 
 X, Y = make_moons(48, noise=0.15, random_state=0)
 GRID = {"learning_rate_init": [0.01, 0.05]}
