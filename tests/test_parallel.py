@@ -160,6 +160,8 @@ def test_clones_carry_the_settings_to_other_threads_not_at_home():
     with odeplug.config_context(backend="torch"):
         fitted = clone(carried).fit(X, Y)
     assert run_in_thread(lambda: engine_of(fitted)) == "torch"
+    assert run_in_thread(lambda: fitted._engine().name) == "torch"  # for any path
+    assert fitted._engine().name == "reference"
     assert run_in_thread(lambda: fitted.predict_proba(X).shape) == (len(X), 2)
 
 

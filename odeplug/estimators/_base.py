@@ -114,8 +114,11 @@ class ODEEstimatorBase(BaseEstimator):
         return dataclasses.replace(hyper, **values)
 
     def _engine(self) -> Backend:
-        """The engine named by ``backend``, else the configuration, read at call time."""
-        return get_backend(resolve_backend_name(self.backend))
+        """The engine named by ``backend``, else the configuration, read at call time
+        (in a worker, under the settings carried there: every path that asks for the
+        engine gets the caller's, and a JAX engine made here gets the caller's cache)."""
+        with applied(getattr(self, CARRIED_ATTRIBUTE, None)):
+            return get_backend(resolve_backend_name(self.backend))
 
     def _batch_size(self, n_samples: int) -> int:
         if self.batch_size == "auto":
