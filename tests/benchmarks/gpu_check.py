@@ -6,6 +6,9 @@ Run from the repository root on a machine with an NVIDIA GPU (a few minutes)::
     python tests/benchmarks/gpu_check.py            # writes docs/gpu_check.json and the
                                                     # "gpu-check" section of docs/gpus.md
     python tests/benchmarks/gpu_check.py --quick    # smaller fits, writes nothing
+    python tests/benchmarks/gpu_check.py --overhead # any machine: the cost of the CPU
+                                                    # device scope on a training step,
+                                                    # writes the "device-overhead" section
     python tests/benchmarks/gpu_check.py --quick --simulate   # the script's own check
                                                     # where there is no GPU: "cuda" fits
                                                     # replaced by device="auto" (the CPU)
@@ -191,6 +194,63 @@ def check(name: str, engine: str, quick: bool, simulate: bool = False) -> list[d
     return rows
 
 
+# ----------------------------------------------------- the CPU scope's overhead
+
+
+def overhead_rows() -> list[list[str]]:
+    """Median time of one ODE-Net training step (program.step) on each engine, with and
+    without the engine's CPU device scope around it, interleaved; the paired ratio."""
+    import odeplug
+    from odeplug._solver_options import make_solve_config
+    from odeplug._specs import Hyper, ODENetSpec
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 64))
+    y = rng.integers(0, 10, 200)
+    spec = ODENetSpec(n_features=64, n_outputs=10, embed_dim=64, field_hidden=(64,),
+                      augment_dim=0, activation="relu", field_activation="tanh")
+    hyper = Hyper(solve=make_solve_config(rtol=1e-3, atol=1e-4, adjoint=True), t1=1.0,
+                  learning_rate=0.0, alpha=1.0)  # no update: every step the same work
+    rows = []
+    for name in ENGINES:
+        info = odeplug.available_backends().get(name)
+        if info is None or not info.available:
+            rows.append([name, "not installed", "", ""])
+            continue
+        engine = odeplug.get_backend(name)
+        program = engine.make_program(spec)
+        state = program.init(spec.init_params(0))
+        batch = (X.astype(np.float32), y)
+
+        def bare(program=program, state=state, batch=batch):
+            program.step(state, batch, hyper)
+
+        def scoped(program=program, state=state, batch=batch, engine=engine):
+            with engine.device_scope("cpu"):
+                program.step(state, batch, hyper)
+
+        timings = _common.measure({"bare": bare, "scoped": scoped}, repeats=15,
+                                  min_time=0.2)
+        rows.append([name, _common.fmt_ms(timings["bare"]), _common.fmt_ms(timings["scoped"]),
+                     f"{timings.ratio('scoped', 'bare'):.3f}"])
+    return rows
+
+
+def overhead() -> None:
+    rows = overhead_rows()
+    body = (f"{_common.environment()}\n\nCommand: `python tests/benchmarks/gpu_check.py "
+            f"--overhead`. One ODE-Net training step (`program.step`: 200 rows, 64 "
+            "features, state 64, field 64 tanh, dopri5 rtol 1e-3 with the adjoint, "
+            "learning rate 0 so that every step does the same work), with and without "
+            "`device_scope(\"cpu\")` around it; medians of 15 interleaved rounds, CPU time "
+            "of this process; ratio: median of paired ratios.\n\n"
+            + _common.markdown_table(["engine", "step (ms)", "step in the CPU scope (ms)",
+                                      "ratio"], rows))
+    print(body)
+    _common.write_section("device-overhead", body, path=DOC)
+    print(f"wrote {DOC}")
+
+
 # ---------------------------------------------------------------------- reporting
 
 
@@ -242,8 +302,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller fits, write nothing")
     parser.add_argument("--simulate", action="store_true",
                         help="no GPU needed: device='auto' for the GPU side; writes nothing")
+    parser.add_argument("--overhead", action="store_true",
+                        help="only the CPU device scope's cost on a training step")
     parser.add_argument("--estimators", nargs="*", default=list(PROBLEMS))
     args = parser.parse_args()
+    if args.overhead:
+        overhead()
+        return
     rows = []
     for name in args.estimators:
         for engine in ENGINES:
