@@ -112,6 +112,12 @@ class Backend(abc.ABC):
             missing.
         ValueError
             ``device`` is none of :data:`DEVICES`.
+
+        Examples
+        --------
+        >>> import odeplug
+        >>> odeplug.get_backend("reference").resolve_device("auto")
+        'cpu'
         """
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
