@@ -313,8 +313,7 @@ _SHARDED_FIT = textwrap.dedent("""
         fits[parallel] = dict(
             loss=clf.loss_curve_, nfe=clf.curves_["nfe_forward"],
             params={k: v.tolist() for k, v in clf.params_.items()},
-            devices=sorted({len(v.sharding.device_set) for v in state.values()}),
-            proba=clf.predict_proba(X).tolist())
+            devices=sorted({len(v.sharding.device_set) for v in state.values()}))
     with placed_on("cpu"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         even = shard_batch((np.ones((8, 2)), np.zeros(8), {"a": np.ones(3)}))
@@ -348,7 +347,6 @@ def test_sharded_training_over_two_cpu_devices_matches_one_device():
     for name in one["params"]:
         np.testing.assert_allclose(two["params"][name], one["params"][name], rtol=1e-4,
                                    atol=1e-6, err_msg=name)
-    np.testing.assert_allclose(two["proba"], one["proba"], atol=1e-5)
     assert out["even"] == [["batch"], ["batch"], []]  # the batch split, the rest whole
     assert out["odd"] == ["ndarray", "ndarray"]  # 7 rows: one device
     assert out["warnings"] == [

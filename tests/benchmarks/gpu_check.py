@@ -21,7 +21,9 @@ each engine and device includes JAX's compilation and CUDA's start-up, so each f
 twice and the second is timed), the largest difference of the loss curves and of the
 predictions between the two, and the predictions of the GPU-fitted model computed on the
 CPU (what a CPU-only machine does with it). Where jax sees several GPUs, one more row
-compares a data-parallel fit with a fit on one GPU (``data_parallel=False``).
+compares a data-parallel fit with a fit on one GPU (``data_parallel=False``); with
+``--simulate`` and ``XLA_FLAGS=--xla_force_host_platform_device_count=2``, the same over
+two CPU devices.
 
 An engine without a GPU, or an estimator that fails, gives a row saying why; nothing is
 estimated. Threads are pinned to one per process (``_common``), as in every benchmark.
@@ -172,17 +174,19 @@ def check(name: str, engine: str, quick: bool, simulate: bool = False) -> list[d
             "gpu_fit_on_cpu_diff": max_diff(moved, gpu_out),
             "params_numpy": all(type(v) is np.ndarray for v in gpu.params_.values()),
         })
-        if engine == "jax" and not simulate:
+        if engine == "jax":
             import jax
 
-            n_gpus = len(jax.devices("gpu"))
-            if n_gpus > 1:
+            platform = "cpu" if simulate else "gpu"
+            n_devices = len(jax.devices(platform))
+            if n_devices > 1:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     one, one_out, one_fit, _ = fit_on(cls, params, fit, output, engine,
-                                                      "cuda", data_parallel=False)
+                                                      gpu_device, data_parallel=False)
                 rows.append({
-                    **row, "engine": f"jax, {n_gpus} GPUs data parallel vs 1",
+                    **row, "engine": f"jax, {n_devices} {platform} devices data parallel "
+                                     "(GPU columns) vs 1 (CPU columns)",
                     "status": "ok", "epochs": len(one.loss_curve_),
                     "cpu_fit_s": one_fit, "gpu_fit_s": gpu_fit,
                     "loss_diff": max_diff(one.loss_curve_, gpu.loss_curve_),
