@@ -78,6 +78,16 @@ def test_every_estimator_has_the_device_parameter(name):
 
 def test_a_family_without_device_code_gets_the_parameter():
     class Family(ODEEstimatorBase):
+        """A family.
+
+        Parameters
+        ----------
+        backend : str, default=None
+            The engine.
+        width : int, default=3
+            A size.
+        """
+
         def __init__(self, backend=None, width=3):
             self.backend = backend
             self.width = width
@@ -87,6 +97,9 @@ def test_a_family_without_device_code_gets_the_parameter():
     assert family.get_params() == {"backend": None, "width": 5, "device": "cuda"}
     assert clone(family).get_params() == family.get_params()
     assert Family().device == "cpu"
+    doc = Family.__doc__
+    assert doc.index("backend :") < doc.index("    device : {") < doc.index("width :")
+    assert ODEClassifier.__doc__.count("device :") == 1
     with pytest.raises(TypeError):
         Family(1, 2, "cuda")  # keyword-only: positions stay the family's own
 

@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import inspect
 import numbers
+import re
 import warnings
 from collections.abc import Iterator
 from numbers import Integral, Real
@@ -66,15 +67,17 @@ __all__ = ["COMMON_CONSTRAINTS", "DEFAULT_DEVICE", "DEVICE_PARAMETER", "FIELD_CO
 # GPU (docs/gpus.md).
 DEFAULT_DEVICE = "cpu"
 
-# The numpydoc entry of ``device``, for the families' docstrings.
+# The numpydoc entry of ``device``: added to a family's docstring where it has none.
 DEVICE_PARAMETER = """device : {"cpu", "cuda", "auto"}, default="cpu"
-    Where the torch and jax engines compute: "cuda" a GPU (an error naming what is
-    missing where the engine sees none), "auto" a GPU where the engine sees one, else the
-    CPU. The reference engine computes on the CPU ("cuda" is refused). Read at every
-    fit and predict call; fitted parameters are NumPy arrays, so a model fitted on a GPU
-    predicts on a CPU-only machine. On jax, training steps are data parallel over all
-    devices of the platform when it has several (``odeplug.set_config(data_parallel=
-    False)`` turns it off)."""
+    Where the torch and jax engines compute: "cuda" a GPU (an error naming what
+    is missing where the engine sees none), "auto" a GPU where the engine sees
+    one, else the CPU. The reference engine computes on the CPU ("cuda" is
+    refused). Read at every fit and predict call; fitted parameters are NumPy
+    arrays, so a model fitted on a GPU predicts on a CPU-only machine. On jax,
+    training steps are data parallel over all devices of the platform when it
+    has several (``odeplug.set_config(data_parallel=False)`` turns it off). A
+    keyword-only parameter, given to every odeplug estimator by the estimator
+    base."""
 
 # Parameters every estimator has (the engine, the solver, the training), with
 # scikit-learn's constraints; each family adds those of its model.
@@ -123,6 +126,7 @@ class ODEEstimatorBase(BaseEstimator):
         if init is None or "device" in inspect.signature(init).parameters:
             return
         cls.__init__ = _with_device_parameter(init)
+        cls.__doc__ = _with_device_entry(cls.__doc__)
 
     # ------------------------------------------------------------- parameters
 
@@ -341,6 +345,24 @@ class ODEEstimatorBase(BaseEstimator):
         if "params_" in state:
             state.pop(CARRIED_ATTRIBUTE, None)
         return state
+
+
+def _with_device_entry(doc: str | None) -> str | None:
+    """A numpydoc class docstring with :data:`DEVICE_PARAMETER` after the ``backend``
+    entry of its Parameters (or first there), where it has no ``device`` entry; any other
+    docstring unchanged."""
+    if not doc or re.search(r"^\s*device :", doc, re.MULTILINE):
+        return doc
+    header = re.search(r"^( *)Parameters\n *-+\n", doc, re.MULTILINE)
+    if header is None:
+        return doc
+    indent = header.group(1)
+    entry = "".join(f"{indent}{line}\n" if line else "\n"
+                    for line in DEVICE_PARAMETER.splitlines())
+    after = re.compile(rf"^{indent}backend :.*?\n(?={indent}\S)", re.MULTILINE | re.DOTALL)
+    backend = after.search(doc, header.end())
+    at = backend.end() if backend is not None else header.end()
+    return doc[:at] + entry + doc[at:]
 
 
 def _with_device_parameter(init):
