@@ -41,6 +41,10 @@ def placed_on(device: str | torch.device) -> Iterator[torch.device]:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cpu":
+        # Modules that build tensors when first imported (torchdiffeq's tableaus) are
+        # imported before the default device changes, so that they stay on the CPU.
+        from . import solve  # noqa: F401
     previous = current_device()
     _placement.device = device
     try:
