@@ -13,6 +13,7 @@ log-probabilities and the predict time against ``rtol``.
 Run from the repository root::
 
     python examples/digits.py --backend jax
+    python examples/digits.py --backend torch --device cuda   # on a GPU (docs/gpus.md)
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ FIXED_STEPS = (1, 2, 4, 8)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="reference", choices=("reference", "torch", "jax"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                        help="where torch and jax compute (docs/gpus.md)")
     parser.add_argument("--random-state", type=int, default=0, help="seed of the model")
     parser.add_argument("--max-iter", type=int, default=None,
                         help="epochs (default: the estimator's default)")
@@ -53,7 +56,8 @@ def main() -> None:
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=0.25, stratify=y, random_state=0)
 
-    clf = odeplug.ODEClassifier(backend=args.backend, random_state=args.random_state,
+    clf = odeplug.ODEClassifier(backend=args.backend, device=args.device,
+                                random_state=args.random_state,
                                 verbose=0 if args.quiet else 1)
     if args.max_iter is not None:
         clf.set_params(max_iter=args.max_iter)

@@ -18,7 +18,12 @@ from ._solver_options import (
 )
 from .backend import Backend, BackendInfo, available_backends, get_backend, register_backend
 from .estimators import ODEClassifier
-from .exceptions import BackendNotAvailableError, SolverError, TrainingDivergedError
+from .exceptions import (
+    BackendNotAvailableError,
+    DeviceNotAvailableError,
+    SolverError,
+    TrainingDivergedError,
+)
 
 __version__ = "0.1.0"
 
@@ -31,6 +36,7 @@ __all__ = [
     "BackendNotAvailableError",
     "BacksolveAdjoint",
     "Constant",
+    "DeviceNotAvailableError",
     "ModelFileError",
     "ODEClassifier",
     "ODESolveConfig",

@@ -399,6 +399,9 @@ def _key_bytes(key: bytes | str | None) -> bytes | None:
 # picklable either), the settings carried to a joblib worker (odeplug._parallel), and
 # scikit-learn's version stamp (the file records versions of its own).
 _NOT_SAVED = {"_train_state", "_carried_config", "_sklearn_version"}
+# Parameters of the machine, not of the model: a model fitted on a GPU loads with the
+# default device (the CPU) wherever it is loaded; set_params(device=...) moves it.
+_PARAMS_NOT_SAVED = {"device"}
 
 
 def save(estimator, file, *, key: bytes | str | None = None) -> None:
@@ -436,7 +439,8 @@ def save(estimator, file, *, key: bytes | str | None = None) -> None:
     version and refuses newer ones); loading runs no code from the file; the loaded
     estimator has the same parameters and fitted attributes and predicts exactly as the
     saved one on each engine. Engine state
-    (Adam's moments) and the configuration of the saving process are not saved:
+    (Adam's moments), the ``device`` parameter (a loaded model computes on the CPU until
+    ``set_params(device=...)``) and the configuration of the saving process are not saved:
     ``partial_fit`` and ``warm_start`` continue from the parameters with fresh moments.
 
     Examples
@@ -480,7 +484,8 @@ def save(estimator, file, *, key: bytes | str | None = None) -> None:
         "estimator": _check_unique(cls, _estimator_classes(), "estimator"),
         "odeplug_version": __version__,
         "versions": _versions(),
-        "params": {k: writer.encode(v, f"params.{k}") for k, v in params.items()},
+        "params": {k: writer.encode(v, f"params.{k}") for k, v in params.items()
+                   if k not in _PARAMS_NOT_SAVED},
         "fitted": {k: writer.encode(v, f"fitted.{k}") for k, v in state.items()},
         "parameters": order,
     }

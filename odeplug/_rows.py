@@ -572,7 +572,8 @@ class _TorchArrays(_Arrays):
     def __init__(self, torch, dtype, device):
         self.xp = torch
         self.dtype, self.device = dtype, device
-        self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        # On the CPU whatever torch's default device (a GPU inside torch's device scope).
+        self.np_dtype = torch.empty((), dtype=dtype, device="cpu").numpy().dtype
 
     def coefficients(self, values):
         # Python floats, rounded to the state's dtype as NumPy does with weak scalars.

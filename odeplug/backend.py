@@ -5,7 +5,13 @@ A backend is an object with a ``name`` that provides
 1. ``odeint(func, y0, t, args, config)`` on its own arrays, returning the states at
    every time of ``t`` and an :class:`~odeplug.ODEStats`;
 2. ``make_program(spec)``: for a model spec (a frozen dataclass of the core, see
-   ``odeplug._specs``), a program with ``init``, ``step`` and ``predict``.
+   ``odeplug._specs``), a program with ``init``, ``step`` and ``predict``;
+3. optionally, devices: ``resolve_device(name)`` turns an estimator's ``device``
+   (:data:`DEVICES`) into ``"cpu"`` or ``"cuda"`` (or raises
+   :class:`~odeplug.DeviceNotAvailableError`), and ``device_scope(device)`` is the block
+   in which the estimators run every program call, so that programs place their arrays
+   there without device code of their own. By default an engine computes on the CPU
+   only.
 
 Backends are registered under the entry-point group ``odeplug.backends`` and loaded
 lazily: importing odeplug imports no engine. A backend's class must be importable
@@ -26,9 +32,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ._config import resolve_backend_name
-from .exceptions import BackendNotAvailableError
+from .exceptions import BackendNotAvailableError, DeviceNotAvailableError
 
 __all__ = [
+    "DEVICES",
     "Backend",
     "BackendInfo",
     "available_backends",
@@ -38,6 +45,9 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "odeplug.backends"
+
+# Values of the estimators' ``device``: "auto" is a GPU where the engine sees one.
+DEVICES = ("cpu", "cuda", "auto")
 
 
 class Backend(abc.ABC):
@@ -83,6 +93,49 @@ class Backend(abc.ABC):
 
     def limit_threads(self, n: int) -> contextlib.AbstractContextManager:
         """Limit the engine's own thread pools to ``n`` (BLAS is handled by the core)."""
+        return contextlib.nullcontext()
+
+    def gpu_missing(self) -> str | None:
+        """None where the engine sees a GPU, else what is missing (said in the error of
+        ``device="cuda"``). The default: an engine that computes on the CPU only."""
+        return "it computes on the CPU only (backend='torch' and backend='jax' run on GPUs)"
+
+    def resolve_device(self, device: str) -> str:
+        """The device an estimator's ``device`` means on this engine: ``"cpu"`` or
+        ``"cuda"`` (``"auto"``: ``"cuda"`` where :meth:`gpu_missing` finds nothing
+        missing).
+
+        Raises
+        ------
+        DeviceNotAvailableError
+            ``device="cuda"`` and the engine sees no GPU; the message says what is
+            missing.
+        ValueError
+            ``device`` is none of :data:`DEVICES`.
+
+        Examples
+        --------
+        >>> import odeplug
+        >>> odeplug.get_backend("reference").resolve_device("auto")
+        'cpu'
+        """
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if device == "cpu":
+            return "cpu"
+        missing = self.gpu_missing()
+        if missing is None:
+            return "cuda"
+        if device == "cuda":
+            raise DeviceNotAvailableError(self.name, device, missing)
+        return "cpu"
+
+    def device_scope(self, device: str) -> contextlib.AbstractContextManager:
+        """The block in which programs place their arrays on ``device`` (a value of
+        :meth:`resolve_device`). Parameters still cross the program contract as NumPy
+        arrays, so a model fitted on one device predicts on any other."""
+        if device != "cpu":
+            raise DeviceNotAvailableError(self.name, device, self.gpu_missing() or "")
         return contextlib.nullcontext()
 
     @classmethod

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BackendNotAvailableError", "SolverError", "TrainingDivergedError"]
+__all__ = ["BackendNotAvailableError", "DeviceNotAvailableError", "SolverError",
+           "TrainingDivergedError"]
 
 
 class BackendNotAvailableError(ImportError):
@@ -22,6 +23,24 @@ class BackendNotAvailableError(ImportError):
             f"odeplug backend {name!r} is registered but its engine is not installed"
             f"{detail}; install it with: {install}"
         )
+
+
+class DeviceNotAvailableError(RuntimeError):
+    """``device="cuda"`` on an engine that sees no GPU.
+
+    The message names the engine and what is missing (a CUDA build of torch, a GPU
+    platform of jax, a driver, or an engine that computes on the CPU only), worded the
+    same on every engine. Nothing has been computed or changed when it is raised.
+    """
+
+    def __init__(self, engine: str, device: str, missing: str):
+        self.engine = engine
+        self.device = device
+        self.missing = missing
+        super().__init__(
+            f"device={device!r} asks for a GPU, and the {engine} engine sees none: "
+            f"{missing}. Use device='cpu', or device='auto' (a GPU where the engine "
+            "sees one, else the CPU)")
 
 
 class SolverError(RuntimeError):

@@ -32,6 +32,32 @@ class JaxBackend(Backend):
 
         return make_program(spec)
 
+    def gpu_missing(self) -> str | None:
+        from .programs import platform_devices
+
+        if platform_devices("gpu"):
+            return None
+        import jax
+
+        return (f"jax {jax.__version__} has no GPU platform (platforms: "
+                f"{', '.join(sorted({d.platform for d in jax.devices()}))}; install "
+                "jax with CUDA: pip install -U \"jax[cuda12]\")")
+
+    def device_scope(self, device: str):
+        """Every array and computation of the programs on ``device`` inside the block
+        (``jax.default_device``), and training steps data parallel over all of that
+        platform's devices when there are several (``run_step``; off with
+        ``odeplug.set_config(data_parallel=False)``)."""
+        if device != "cpu":
+            missing = self.gpu_missing()
+            if missing is not None:
+                from odeplug.exceptions import DeviceNotAvailableError
+
+                raise DeviceNotAvailableError(self.name, device, missing)
+        from .programs import placed_on
+
+        return placed_on("gpu" if device == "cuda" else "cpu")
+
 
 def use_compilation_cache(path: str | None) -> str | None:
     """Turn on JAX's persistent compilation cache in ``path`` (None: leave it off).

@@ -13,6 +13,20 @@ compilation. The training loop gives every batch of a fit one size, so a fit com
 its step once; inference solves rows in chunks of :data:`CHUNK_ROWS`, so it compiles
 once whatever the number of rows.
 
+Devices. The estimators run every program call inside the engine's
+``device_scope(device)`` (:func:`placed_on`): ``jax.default_device`` puts the arrays and
+computations of the programs on the first device of the platform, with no device code in
+the families. Data parallel: there, :func:`run_step` shards a training step's batch over
+all of the platform's devices when it has several (a 1-D mesh, axis ``"batch"``;
+parameters, optimiser state and values replicated), and XLA partitions the compiled step
+(the solver's error norm and the gradients become sums over devices), so the result is
+that of one device up to the order of floating-point sums. A batch whose rows do not
+divide by the device count runs on the largest number of devices that divides it
+(padding would change the loss's mean; a warning says so, once).
+``odeplug.set_config(data_parallel=False)`` keeps steps on one device. Inference stays
+on one device: its per-row solves loop until the slowest row of a chunk is done, which
+sharding would turn into a synchronisation of every device per step.
+
 Errors. Nothing raises inside a compiled function: solves report odeplug's result codes
 and the time reached (forward: ``SolveInfo``; the adjoint's backward solves: the gradient
 of a probe, ``BackwardInfo``), which :func:`run_step` and :func:`rows_in_chunks` turn
@@ -23,13 +37,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Callable
+import functools
+import threading
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from odeplug._protocols import ROW_COUNTERS
 from odeplug._solver_options import ODESolveConfig
@@ -55,12 +73,17 @@ __all__ = [
     "adam_init",
     "adam_update",
     "as_arrays",
+    "batch_positions",
     "make_program",
+    "placed_on",
+    "platform_devices",
     "precision",
     "rows_in_chunks",
     "run_step",
+    "shard_batch",
     "solve_key",
     "solve_values",
+    "step_devices",
     "step_status",
     "traced_values",
 ]
@@ -74,6 +97,95 @@ TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 # sizes, and each compilation costs seconds), and under vmap every row of a chunk
 # computes until its slowest row is done, which bounds the chunk.
 CHUNK_ROWS = 64
+
+
+_placement = threading.local()  # the devices of this thread's scope
+_warned_uneven: set[tuple[int, int]] = set()
+
+
+@functools.cache
+def platform_devices(platform: str) -> tuple:
+    """The devices of a JAX platform (``"cpu"``, ``"gpu"``); empty where it has none."""
+    try:
+        return tuple(jax.devices(platform))
+    except RuntimeError:  # jax's "Unknown backend" for a platform it was not built with
+        return ()
+
+
+@contextlib.contextmanager
+def placed_on(platform: str) -> Iterator[Any]:
+    """Inside the block, the programs' arrays and computations are on the first device of
+    ``platform`` (``jax.default_device``) and training steps are data parallel over all
+    its devices (:func:`step_devices`), unless ``data_parallel`` is off in odeplug's
+    configuration."""
+    from odeplug import get_config
+
+    devices = platform_devices(platform)
+    if not devices:
+        raise RuntimeError(f"jax has no {platform!r} platform")
+    previous = step_devices()
+    _placement.devices = devices if get_config()["data_parallel"] else devices[:1]
+    try:
+        with jax.default_device(devices[0]):
+            yield devices[0]
+    finally:
+        _placement.devices = previous
+
+
+def step_devices() -> tuple:
+    """The devices a training step of this thread is sharded over (:func:`placed_on`);
+    empty outside any scope (one device, JAX's default)."""
+    return getattr(_placement, "devices", ())
+
+
+def batch_positions(args: tuple) -> tuple[int, ...]:
+    """Which arguments of a training step are its batch: the NumPy arrays (the programs
+    pass the batch as it came from the training loop) of at least one axis whose first
+    axis has the length of the first of them. Parameters and optimiser state are JAX
+    arrays and values are 0-d or in containers: replicated."""
+    rows = None
+    found = []
+    for i, arg in enumerate(args):
+        if isinstance(arg, np.ndarray) and arg.ndim >= 1:
+            if rows is None:
+                rows = arg.shape[0]
+            if arg.shape[0] == rows:
+                found.append(i)
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=16)
+def _shardings(devices: tuple) -> tuple[NamedSharding, NamedSharding]:
+    mesh = Mesh(np.array(devices), ("batch",))
+    return NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch(args: tuple, batch: tuple[int, ...] | None = None) -> tuple:
+    """The arguments of a training step placed for data parallelism over
+    :func:`step_devices`: the arguments at ``batch`` (default :func:`batch_positions`)
+    split along their first axis, the others replicated. Unchanged with fewer than two
+    devices. Rows that do not divide by the device count go to the largest number of
+    devices that divides them (a warning, once per rows and devices)."""
+    devices = step_devices()
+    if len(devices) < 2:
+        return args
+    batch = batch_positions(args) if batch is None else tuple(batch)
+    if not batch:
+        return args
+    rows = int(np.shape(args[batch[0]])[0])
+    used = max(k for k in range(1, len(devices) + 1) if rows % k == 0)
+    if used < len(devices) and (rows, len(devices)) not in _warned_uneven:
+        _warned_uneven.add((rows, len(devices)))
+        warnings.warn(
+            f"data parallel training: a batch of {rows} rows does not divide over "
+            f"{len(devices)} devices; its steps run on {used} of them. Choose a batch_size "
+            f"that is a multiple of {len(devices)} to use them all.", UserWarning,
+            stacklevel=2)
+    if used == 1:
+        return args
+    split, whole = _shardings(devices[:used])
+    return tuple(jax.device_put(arg, split if i in batch else whole)
+                 for i, arg in enumerate(args))
 
 
 def make_program(spec: Any):
@@ -154,12 +266,17 @@ def step_status(info: SolveInfo, probe_gradient: jax.Array | None = None) -> jax
                       backward.code.astype(info.t_reached.dtype), backward.t_reached])
 
 
-def run_step(compiled: Callable, dtype, solve: ODESolveConfig, *args):
+def run_step(compiled: Callable, dtype, solve: ODESolveConfig, *args,
+             batch: tuple[int, ...] | None = None):
     """Call a compiled training step returning ``(*outputs, metrics, status)``:
     ``metrics`` a dict of scalars, ``status`` from :func:`step_status`. Returns
     ``(outputs, metrics as Python floats)`` with ``nfe_backward`` set (None without the
-    adjoint), or raises ``SolverError`` for a failed forward, then backward, solve."""
+    adjoint), or raises ``SolverError`` for a failed forward, then backward, solve.
+
+    Data parallel where the scope has several devices (:func:`shard_batch`): ``batch``
+    names the positions of the batch's arguments (default: :func:`batch_positions`)."""
     with precision(dtype):
+        args = shard_batch(args, batch)
         *outputs, metrics, status = compiled(*args)
         metrics, status = jax.device_get((metrics, status))  # waits for the step
     static = solve_key(solve)

@@ -33,6 +33,30 @@ class TorchBackend(Backend):
         """``torch.set_num_threads(n)`` inside the block; the previous count after it."""
         return _torch_threads(n)
 
+    def gpu_missing(self) -> str | None:
+        import torch
+
+        if torch.version.cuda is None:
+            return (f"torch {torch.__version__} is built without CUDA (install a CUDA build "
+                    "of torch, https://pytorch.org/get-started/locally/)")
+        if not torch.cuda.is_available():
+            return ("torch.cuda.is_available() is False (no NVIDIA GPU visible, or no "
+                    "working driver; CUDA_VISIBLE_DEVICES may hide them)")
+        return None
+
+    def device_scope(self, device: str) -> contextlib.AbstractContextManager:
+        """Tensors made by the programs' ``tensor``/``view`` (and torch's factory
+        functions) on ``device`` inside the block."""
+        if device != "cpu":
+            missing = self.gpu_missing()
+            if missing is not None:
+                from odeplug.exceptions import DeviceNotAvailableError
+
+                raise DeviceNotAvailableError(self.name, device, missing)
+        from .programs import placed_on
+
+        return placed_on(device)
+
 
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:

@@ -123,4 +123,4 @@ class ODENetProgram:
             zs, stats = odeint_rows(self.field, z0, self._times(hyper), field_params,
                                     hyper.solve)
             out = log_softmax(dense(tensors, "head", zs[-1]))
-        return out.numpy(), stats
+        return out.cpu().numpy(), stats

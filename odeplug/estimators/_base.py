@@ -20,13 +20,24 @@ A family's estimator defines the spec of its data (``_spec``), the values of its
 Model files (:mod:`odeplug._persistence`) save ``get_params()`` and what ``__getstate__``
 returns, so a family's fitted attributes need no code of their own to be saved, only
 values of the file format's allow-list.
+
+Devices. Every estimator has the parameter ``device`` (:data:`DEVICE_PARAMETER`), added
+to its ``__init__`` by :meth:`ODEEstimatorBase.__init_subclass__` where the family does
+not declare it, so a family has no device code of its own. Training
+(:meth:`_run_training`) and inference (:meth:`_infer`, :meth:`_running`) run every
+program call inside the engine's ``device_scope``; parameters cross the program contract
+as NumPy arrays, so a model fitted on a GPU predicts on a CPU-only machine, and model
+files hold no device.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import numbers
+import re
 import warnings
 from collections.abc import Iterator
 from numbers import Integral, Real
@@ -43,16 +54,36 @@ from .._solver_options import SOLVERS, BacksolveAdjoint, ODESolveConfig, make_so
 from .._specs import ACTIVATIONS, Hyper, ModelSpec
 from .._threads import limit_threads
 from .._training import TrainingHistory, train
-from ..backend import Backend, get_backend
+from ..backend import DEVICES, Backend, get_backend
 from ..exceptions import TrainingDivergedError
 from ._sklearn_compat import Interval, StrOptions, validate_params
 
-__all__ = ["COMMON_CONSTRAINTS", "FIELD_CONSTRAINTS", "ODEEstimatorBase"]
+__all__ = ["COMMON_CONSTRAINTS", "DEFAULT_DEVICE", "DEVICE_PARAMETER", "FIELD_CONSTRAINTS",
+           "ODEEstimatorBase"]
+
+# The CPU unless asked: the same fit on every machine for a given random_state (GPU
+# kernels round differently), joblib workers of a grid search do not share one GPU behind
+# the user's back, and the small fields these estimators default to gain little from a
+# GPU (docs/gpus.md).
+DEFAULT_DEVICE = "cpu"
+
+# The numpydoc entry of ``device``: added to a family's docstring where it has none.
+DEVICE_PARAMETER = """device : {"cpu", "cuda", "auto"}, default="cpu"
+    Where the torch and jax engines compute: "cuda" a GPU (an error naming what
+    is missing where the engine sees none), "auto" a GPU where the engine sees
+    one, else the CPU. The reference engine computes on the CPU ("cuda" is
+    refused). Read at every fit and predict call; fitted parameters are NumPy
+    arrays, so a model fitted on a GPU predicts on a CPU-only machine. On jax,
+    training steps are data parallel over all devices of the platform when it
+    has several (``odeplug.set_config(data_parallel=False)`` turns it off). A
+    keyword-only parameter, given to every odeplug estimator by the estimator
+    base."""
 
 # Parameters every estimator has (the engine, the solver, the training), with
 # scikit-learn's constraints; each family adds those of its model.
 COMMON_CONSTRAINTS: dict[str, list] = {
     "backend": [None, str],
+    "device": [StrOptions(set(DEVICES))],
     "t1": [Interval(Real, 0, None, closed="neither")],
     "solver": [StrOptions(set(SOLVERS))],
     "rtol": [Interval(Real, 0, None, closed="neither")],
@@ -86,6 +117,17 @@ class ODEEstimatorBase(BaseEstimator):
 
     _parameter_constraints: dict = COMMON_CONSTRAINTS
 
+    def __init_subclass__(cls, **kwargs):
+        """Give a family's ``__init__`` the parameter ``device`` where it does not
+        declare it: a keyword-only argument at the end of its signature (what
+        scikit-learn's ``get_params`` and ``clone`` read), stored as ``self.device``."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or "device" in inspect.signature(init).parameters:
+            return
+        cls.__init__ = _with_device_parameter(init)
+        cls.__doc__ = _with_device_entry(cls.__doc__)
+
     # ------------------------------------------------------------- parameters
 
     @staticmethod
@@ -116,9 +158,17 @@ class ODEEstimatorBase(BaseEstimator):
     def _engine(self) -> Backend:
         """The engine named by ``backend``, else the configuration, read at call time
         (in a worker, under the settings carried there: every path that asks for the
-        engine gets the caller's, and a JAX engine made here gets the caller's cache)."""
+        engine gets the caller's, and a JAX engine made here gets the caller's cache).
+        Its ``device`` is checked here, before anything is built: ``device="cuda"``
+        where the engine sees no GPU raises ``DeviceNotAvailableError``."""
         with applied(getattr(self, CARRIED_ATTRIBUTE, None)):
-            return get_backend(resolve_backend_name(self.backend))
+            engine = get_backend(resolve_backend_name(self.backend))
+        engine.resolve_device(self.device)
+        return engine
+
+    def _device_scope(self, engine: Backend) -> contextlib.AbstractContextManager:
+        """The engine's device scope of ``device`` (read at call time)."""
+        return engine.device_scope(engine.resolve_device(self.device))
 
     def _batch_size(self, n_samples: int) -> int:
         if self.batch_size == "auto":
@@ -186,13 +236,15 @@ class ODEEstimatorBase(BaseEstimator):
         ``partial_fit`` and ``warm_start`` continue where they stopped.
         """
         program = engine.make_program(spec)
+        device = engine.resolve_device(self.device)
         cached = getattr(self, "_train_state", None)
-        if cached is not None and cached[0] == (engine.name, spec):
-            state = cached[1]
-        else:
-            state = program.init(params)
+        key = (engine.name, device, spec)
         try:
-            with limit_threads(engine):
+            with limit_threads(engine), engine.device_scope(device):
+                # A state of another device (set_params(device=...) between calls to
+                # partial_fit) starts afresh from the parameters, as after loading.
+                state = cached[1] if cached is not None and cached[0] == key \
+                    else program.init(params)
                 outcome = train(
                     program, state, arrays, history, hyper or self._hyper(),
                     max_iter=max_iter, batch_size=self._batch_size(arrays[0].shape[0]),
@@ -216,7 +268,7 @@ class ODEEstimatorBase(BaseEstimator):
                 params=error.params)
             kept.keeps_fit = True
             raise kept from error
-        self._train_state = ((engine.name, spec), outcome.state)
+        self._train_state = (key, outcome.state)
         self._store_fit(engine, spec, history, outcome.params)
         return outcome
 
@@ -270,7 +322,7 @@ class ODEEstimatorBase(BaseEstimator):
         through :meth:`_fit_transaction`."""
         with applied(getattr(self, CARRIED_ATTRIBUTE, None)):
             engine = self._engine()
-            with limit_threads(engine):
+            with limit_threads(engine), self._device_scope(engine):
                 yield engine
 
     # ------------------------------------------------- beyond one process
@@ -293,3 +345,38 @@ class ODEEstimatorBase(BaseEstimator):
         if "params_" in state:
             state.pop(CARRIED_ATTRIBUTE, None)
         return state
+
+
+def _with_device_entry(doc: str | None) -> str | None:
+    """A numpydoc class docstring with :data:`DEVICE_PARAMETER` after the ``backend``
+    entry of its Parameters (or first there), where it has no ``device`` entry; any other
+    docstring unchanged."""
+    if not doc or re.search(r"^\s*device :", doc, re.MULTILINE):
+        return doc
+    header = re.search(r"^( *)Parameters\n *-+\n", doc, re.MULTILINE)
+    if header is None:
+        return doc
+    indent = header.group(1)
+    entry = "".join(f"{indent}{line}\n" if line else "\n"
+                    for line in DEVICE_PARAMETER.splitlines())
+    after = re.compile(rf"^{indent}backend :.*?\n(?={indent}\S)", re.MULTILINE | re.DOTALL)
+    backend = after.search(doc, header.end())
+    at = backend.end() if backend is not None else header.end()
+    return doc[:at] + entry + doc[at:]
+
+
+def _with_device_parameter(init):
+    """``init`` with a keyword-only ``device`` stored after it ran (see
+    ``ODEEstimatorBase.__init_subclass__``)."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, device=DEFAULT_DEVICE, **kwargs):
+        init(self, *args, **kwargs)
+        self.device = device
+
+    signature = inspect.signature(init)
+    parameter = inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY,
+                                  default=DEFAULT_DEVICE)
+    kept = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    __init__.__signature__ = signature.replace(parameters=[*kept, parameter])
+    return __init__

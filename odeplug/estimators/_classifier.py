@@ -35,6 +35,15 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         (diffrax). None: ``odeplug.set_config``/``config_context``, then the environment
         variable ``ODEPLUG_BACKEND``, then ``"reference"``. Read again at predict time:
         a model fitted on one engine predicts on any other.
+    device : {"cpu", "cuda", "auto"}, default="cpu"
+        Where the torch and jax engines compute: "cuda" a GPU (an error naming what is
+        missing where the engine sees none), "auto" a GPU where the engine sees one,
+        else the CPU. The reference engine computes on the CPU ("cuda" is refused).
+        Read at every fit and predict call; fitted parameters are NumPy arrays, so a
+        model fitted on a GPU predicts on a CPU-only machine. On jax, training steps are
+        data parallel over all devices of the platform when it has several
+        (``odeplug.set_config(data_parallel=False)`` turns it off). A keyword-only
+        parameter, given to every odeplug estimator by the estimator base.
     hidden_layer_sizes : tuple of int, default=(128, 64)
         ``hidden_layer_sizes[0]`` is the width of the ODE state (the embedding); the
         rest are the hidden layers of the vector field (none: a linear field). The
