@@ -21,9 +21,8 @@ Model files (:mod:`odeplug._persistence`) save ``get_params()`` and what ``__get
 returns, so a family's fitted attributes need no code of their own to be saved, only
 values of the file format's allow-list.
 
-Devices. Every estimator has the parameter ``device`` (:data:`DEVICE_PARAMETER`), added
-to its ``__init__`` by :meth:`ODEEstimatorBase.__init_subclass__` where the family does
-not declare it, so a family has no device code of its own. Training
+Devices. Every estimator declares the parameter ``device`` (validated by the common
+constraints) and has no device code of its own: training
 (:meth:`_run_training`) and inference (:meth:`_infer`, :meth:`_running`) run every
 program call inside the engine's ``device_scope``; parameters cross the program contract
 as NumPy arrays, so a model fitted on a GPU predicts on a CPU-only machine, and model
@@ -34,10 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import inspect
 import numbers
-import re
 import warnings
 from collections.abc import Iterator
 from numbers import Integral, Real
@@ -58,26 +54,13 @@ from ..backend import DEVICES, Backend, get_backend
 from ..exceptions import TrainingDivergedError
 from ._sklearn_compat import Interval, StrOptions, validate_params
 
-__all__ = ["COMMON_CONSTRAINTS", "DEFAULT_DEVICE", "DEVICE_PARAMETER", "FIELD_CONSTRAINTS",
-           "ODEEstimatorBase"]
+__all__ = ["COMMON_CONSTRAINTS", "DEFAULT_DEVICE", "FIELD_CONSTRAINTS", "ODEEstimatorBase"]
 
 # The CPU unless asked: the same fit on every machine for a given random_state (GPU
 # kernels round differently), joblib workers of a grid search do not share one GPU behind
 # the user's back, and the small fields these estimators default to gain little from a
 # GPU (docs/gpus.md).
 DEFAULT_DEVICE = "cpu"
-
-# The numpydoc entry of ``device``: added to a family's docstring where it has none.
-DEVICE_PARAMETER = """device : {"cpu", "cuda", "auto"}, default="cpu"
-    Where the torch and jax engines compute: "cuda" a GPU (an error naming what
-    is missing where the engine sees none), "auto" a GPU where the engine sees
-    one, else the CPU. The reference engine computes on the CPU ("cuda" is
-    refused). Read at every fit and predict call; fitted parameters are NumPy
-    arrays, so a model fitted on a GPU predicts on a CPU-only machine. On jax,
-    training steps are data parallel over all devices of the platform when it
-    has several (``odeplug.set_config(data_parallel=False)`` turns it off). A
-    keyword-only parameter, given to every odeplug estimator by the estimator
-    base."""
 
 # Parameters every estimator has (the engine, the solver, the training), with
 # scikit-learn's constraints; each family adds those of its model.
@@ -116,17 +99,6 @@ class ODEEstimatorBase(BaseEstimator):
     """Shared machinery; subclasses define the spec, the hyperparameters and the data."""
 
     _parameter_constraints: dict = COMMON_CONSTRAINTS
-
-    def __init_subclass__(cls, **kwargs):
-        """Give a family's ``__init__`` the parameter ``device`` where it does not
-        declare it: a keyword-only argument at the end of its signature (what
-        scikit-learn's ``get_params`` and ``clone`` read), stored as ``self.device``."""
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None or "device" in inspect.signature(init).parameters:
-            return
-        cls.__init__ = _with_device_parameter(init)
-        cls.__doc__ = _with_device_entry(cls.__doc__)
 
     # ------------------------------------------------------------- parameters
 
@@ -345,38 +317,3 @@ class ODEEstimatorBase(BaseEstimator):
         if "params_" in state:
             state.pop(CARRIED_ATTRIBUTE, None)
         return state
-
-
-def _with_device_entry(doc: str | None) -> str | None:
-    """A numpydoc class docstring with :data:`DEVICE_PARAMETER` after the ``backend``
-    entry of its Parameters (or first there), where it has no ``device`` entry; any other
-    docstring unchanged."""
-    if not doc or re.search(r"^\s*device :", doc, re.MULTILINE):
-        return doc
-    header = re.search(r"^( *)Parameters\n *-+\n", doc, re.MULTILINE)
-    if header is None:
-        return doc
-    indent = header.group(1)
-    entry = "".join(f"{indent}{line}\n" if line else "\n"
-                    for line in DEVICE_PARAMETER.splitlines())
-    after = re.compile(rf"^{indent}backend :.*?\n(?={indent}\S)", re.MULTILINE | re.DOTALL)
-    backend = after.search(doc, header.end())
-    at = backend.end() if backend is not None else header.end()
-    return doc[:at] + entry + doc[at:]
-
-
-def _with_device_parameter(init):
-    """``init`` with a keyword-only ``device`` stored after it ran (see
-    ``ODEEstimatorBase.__init_subclass__``)."""
-
-    @functools.wraps(init)
-    def __init__(self, *args, device=DEFAULT_DEVICE, **kwargs):
-        init(self, *args, **kwargs)
-        self.device = device
-
-    signature = inspect.signature(init)
-    parameter = inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY,
-                                  default=DEFAULT_DEVICE)
-    kept = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
-    __init__.__signature__ = signature.replace(parameters=[*kept, parameter])
-    return __init__

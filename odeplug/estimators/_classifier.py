@@ -42,8 +42,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         Read at every fit and predict call; fitted parameters are NumPy arrays, so a
         model fitted on a GPU predicts on a CPU-only machine. On jax, training steps are
         data parallel over all devices of the platform when it has several
-        (``odeplug.set_config(data_parallel=False)`` turns it off). A keyword-only
-        parameter, given to every odeplug estimator by the estimator base.
+        (``odeplug.set_config(data_parallel=False)`` turns it off).
     hidden_layer_sizes : tuple of int, default=(128, 64)
         ``hidden_layer_sizes[0]`` is the width of the ODE state (the embedding); the
         rest are the hidden layers of the vector field (none: a linear field). The
@@ -147,6 +146,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     def __init__(
         self,
         backend=None,
+        device="cpu",
         hidden_layer_sizes=(128, 64),
         activation="relu",
         field_activation="tanh",
@@ -171,6 +171,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         warm_start=False,
     ):
         self.backend = backend
+        self.device = device
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.field_activation = field_activation
