@@ -58,6 +58,15 @@ def get_config() -> dict[str, Any]:
         ``jax_cache_dir``: the folder of JAX's persistent compilation cache (None: the
         environment variable ``ODEPLUG_JAX_CACHE_DIR``, then
         ``~/.cache/odeplug/jax``; ``""``: off).
+
+    Examples
+    --------
+    >>> import odeplug
+    >>> sorted(odeplug.get_config())
+    ['backend', 'jax_cache_dir', 'num_threads']
+    >>> with odeplug.config_context(backend="reference"):
+    ...     odeplug.get_config()["backend"]
+    'reference'
     """
     return dict(_thread_config())
 

@@ -1,0 +1,46 @@
+"""Helpers of docs/conf.py, importable by name (sphinx-gallery takes its ``reset_argv``
+as a dotted name, so that the configuration stays picklable)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+OPTIONAL_PAGE = re.compile(r"^(\s+)\?(\S+)\s*$", re.MULTILINE)
+
+
+def quick_argv(gallery_conf, script_vars) -> list[str]:
+    """Arguments of an example run by the docs build: ``--quick`` to the examples that
+    take it (small settings, so the whole build stays within CI's budget), nothing to
+    the others."""
+    source = Path(script_vars["src_file"]).read_text(encoding="utf-8")
+    return ["--quick"] if '"--quick"' in source else []
+
+
+def optional_pages(text: str, docs_dir: Path) -> str:
+    """In a toctree, a line ``?page`` names a page kept only where ``page.md`` or
+    ``page.rst`` exists in docs/ (the pages other branches bring)."""
+
+    def keep(match):
+        indent, name = match.groups()
+        exists = any((docs_dir / f"{name}{suffix}").exists() for suffix in (".md", ".rst"))
+        return f"{indent}{name}" if exists else ""
+
+    return OPTIONAL_PAGE.sub(keep, text)
+
+
+def api_names(api_page: Path) -> set[str]:
+    """Every name the API page documents: autosummary entries and ``.. data::``."""
+    text = api_page.read_text(encoding="utf-8")
+    entries = set(re.findall(r"^\s{3}(?:odeplug\.)?([A-Za-z_][\w.]*)\s*$", text, re.MULTILINE))
+    entries |= set(re.findall(r"^\.\. data:: (?:odeplug\.)?(\w+)", text, re.MULTILINE))
+    return entries
+
+
+def public_names_missing_from_api(api_page: Path) -> list[str]:
+    import odeplug
+    import odeplug.plot
+
+    documented = api_names(api_page)
+    public = list(odeplug.__all__) + [f"plot.{name}" for name in odeplug.plot.__all__]
+    return [name for name in public if name not in documented]
