@@ -477,6 +477,8 @@ def plot_nfe(data, kind="training", *, ax=None, label=None, title=None, **line_k
                          f"{missing}: {hint}")
     ax = _axes(ax)
     nfe_axis = "NFE per input (function evaluations)"
+    # NFE is a count: said once in the x or y label of each panel, "(function
+    # evaluations)" or "(evaluations)".
     style = {"marker": "o", **line_kwargs}
     if kind == "training":
         forward = _column(table, "nfe_forward")
@@ -487,18 +489,27 @@ def plot_nfe(data, kind="training", *, ax=None, label=None, title=None, **line_k
             ax.plot(epochs, backward, label=_join(label, "backward"),
                     **{**style, "marker": "s", "ls": "--"})
         ax.set_xlabel("training epoch")
-        ax.set_ylabel("NFE per minibatch (function evaluations, mean over the epoch)")
+        ax.set_ylabel("NFE per minibatch (epoch mean)")
         default_title = "NFE over training"
         ax.legend(fontsize=8)
     elif kind == "backward":
         forward, backward = _column(table, "nfe_forward"), _column(table, "nfe_backward")
+        # Drawn over earlier calls on the same Axes: the limits cover them all and the
+        # diagonal is drawn once.
+        diagonal = [line for line in ax.get_lines()
+                    if line.get_label() == "backward = forward"]
+        top = 1.05 * max(np.max(forward), np.max(backward))
+        if diagonal:
+            top = max(top, ax.get_xlim()[1])
+            diagonal[0].set_data([0.0, top], [0.0, top])
+        else:
+            ax.plot([0.0, top], [0.0, top], color="grey", lw=0.8, ls=":",
+                    label="backward = forward")
         ax.plot(forward, backward, label=label, **{**style, "ls": "none"})
-        lim = [0.0, 1.05 * max(np.max(forward), np.max(backward))]
-        ax.plot(lim, lim, color="grey", lw=0.8, ls=":", label="backward = forward")
-        ax.set_xlim(lim)
-        ax.set_ylim(lim)
+        ax.set_xlim(0.0, top)
+        ax.set_ylim(0.0, top)
         ax.set_xlabel("forward NFE per minibatch (function evaluations)")
-        ax.set_ylabel("backward NFE per minibatch (function evaluations)")
+        ax.set_ylabel("backward NFE per minibatch (evaluations)")
         default_title = "backward against forward NFE, one point per epoch"
         ax.legend(fontsize=8)
     elif kind == "tolerance":
@@ -513,7 +524,7 @@ def plot_nfe(data, kind="training", *, ax=None, label=None, title=None, **line_k
         error, nfe = _column(table, "error"), _column(table, "nfe")
         # An output identical to the reference solve has error 0: drawn at the floor.
         floor = np.finfo(float).eps
-        ax.loglog(np.maximum(error, floor), nfe, label=label, **style)
+        ax.semilogx(np.maximum(error, floor), nfe, label=label, **style)
         ax.set_xlabel("numerical error: max |output - output at tight rtol|")
         ax.set_ylabel(nfe_axis)
         default_title = "NFE against numerical error"

@@ -157,7 +157,7 @@ def test_nfe_over_training_and_backward_against_forward_from_a_fitted_classifier
 
     ax = plot_nfe(clf, kind="backward")
     _assert_labelled(ax)
-    points = ax.get_lines()[0]
+    points = ax.get_lines()[1]  # [0]: the diagonal
     np.testing.assert_allclose(points.get_xdata(), clf.curves_["nfe_forward"])
     np.testing.assert_allclose(points.get_ydata(), clf.curves_["nfe_backward"])
 
