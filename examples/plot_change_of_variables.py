@@ -22,7 +22,7 @@ covariance ``exp(AT) exp(AT)^T``.
 
 # %%
 # The field, its divergence and the flow of the density
-# ----------------------------------------------------
+# -----------------------------------------------------
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -59,7 +59,7 @@ def log_density_at_T(x, b=b):
 
 # %%
 # Samples carried forwards, densities at both ends
-# -----------------------------------------------
+# ------------------------------------------------
 rng = np.random.default_rng(0)
 z0 = rng.normal(size=(400, 2))
 times = np.linspace(0.0, T, 80)
