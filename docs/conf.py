@@ -80,6 +80,7 @@ sphinx_gallery_conf = {
     "download_all_examples": False,
     "remove_config_comments": True,
     "min_reported_time": 1,
+    "image_srcset": ["2x"],  # sharp figures on high-density screens
     "abort_on_example_error": False,
 }
 
@@ -90,12 +91,21 @@ html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
     "navigation_with_keys": False,
-    "secondary_sidebar_items": ["page-toc"],
+    # Gallery pages: no right-hand sidebar, so that their figures get the width.
+    # (exact names: pydata warns when a page matches two wildcard patterns).
+    "secondary_sidebar_items": {
+        "**": ["page-toc"],
+        **{f"auto_examples/{example.stem}": [] for example in (ROOT / "examples").glob("*.py")},
+    },
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
 html_context = {"default_mode": "light"}
 html_show_sourcelink = False
+html_css_files = ["odeplug.css"]
+# "fit()", not "ODEClassifier.fit()", in a page's table of contents: the long form
+# overflows the sidebar.
+toc_object_entries_show_parents = "hide"
 
 
 def _add_optional_pages(app, docname, source):

@@ -65,7 +65,7 @@ z0 = rng.normal(size=(400, 2))
 times = np.linspace(0.0, T, 80)
 path = odeplug.odeint(field, z0, times, args=b, **TOLERANCES)  # (80, 400, 2)
 
-fig, (ax_path, ax_base, ax_flow) = plt.subplots(1, 3, figsize=(15, 4.6),
+fig, (ax_path, ax_base, ax_flow) = plt.subplots(1, 3, figsize=(13, 4.2),
                                                constrained_layout=True)
 plot_trajectories(times, path, mode="phase", max_trajectories=25, ax=ax_path,
                   state_label="z", state_unit="dimensionless",
@@ -74,9 +74,9 @@ extent = (-4.5, 4.5, -4.5, 4.5)
 plot_density(log_base, samples=z0, extent=extent, resolution=90, ax=ax_base,
              title="t = 0: standard normal, 400 samples")
 plot_density(log_density_at_T, samples=path[-1], extent=extent, resolution=90,
-             ax=ax_flow, title=f"t = {T:g}: by the change of variables, samples carried")
+             ax=ax_flow, title=f"t = {T:g}: change of variables, samples carried")
 fig.suptitle("dz/dt = A z + b tanh(z); densities from odeint (dopri5, rtol 1e-8) of "
-             "[z, log p] backwards in time")
+             "[z, log p] backwards in time", fontsize=11)
 
 # %%
 # Checks

@@ -101,7 +101,7 @@ for rtol in training_rtols:
 # %%
 # The four panels
 # ---------------
-fig, axes = plt.subplots(2, 2, figsize=(11, 8.5), constrained_layout=True)
+fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), constrained_layout=True)
 (ax_error, ax_time), (ax_backward, ax_training) = axes
 plot_nfe(measured, "error", ax=ax_error,
          title="(a) NFE against numerical error (predict, test set)")

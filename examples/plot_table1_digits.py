@@ -128,12 +128,12 @@ for row in rows:
 # -----------------
 names = [row["model"] for row in rows]
 colors = ["C7", "C1", "C2", "C0"]
-fig, axes = plt.subplots(1, 4, figsize=(14, 4.2), constrained_layout=True)
+fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), constrained_layout=True)
 panels = (("error", "test error (%, 450 digits)", "{:.2f}"),
           ("params", "parameters (count)", "{:,}"),
           ("memory", "peak memory of one epoch (MiB)", "{:.1f}"),
           ("time", f"fit time, {max_iter} epochs (s)", "{:.1f}"))
-for ax, (key, label, fmt) in zip(axes, panels, strict=True):
+for ax, (key, label, fmt) in zip(axes.ravel(), panels, strict=True):
     values = [row[key] for row in rows]
     bars = ax.bar(names, values, color=colors)
     ax.bar_label(bars, [fmt.format(v) for v in values], fontsize=8)
@@ -142,7 +142,7 @@ for ax, (key, label, fmt) in zip(axes, panels, strict=True):
     ax.set_title(label.split(" (")[0])
     ax.margins(y=0.15)
 quick = ", --quick" if args.quick else ""
-fig.suptitle(f"Digits, {max_iter} epochs each ({args.backend} engine{quick}); memory: "
+fig.suptitle(f"Digits, {max_iter} epochs each ({args.backend} engine{quick})\nmemory: "
              f"tracemalloc peak of one epoch on the reference engine, batch 200")
 fig.savefig(args.output, dpi=110)
 print(f"figure: {args.output}")

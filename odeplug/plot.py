@@ -458,7 +458,7 @@ def plot_nfe(data, kind="training", *, ax=None, label=None, title=None, **line_k
     if kind == "all":
         if ax is not None:
             raise ValueError("kind='all' draws a new figure of four panels; ax must be None")
-        _, axes = _pyplot().subplots(2, 2, figsize=(11, 8.5), constrained_layout=True)
+        _, axes = _pyplot().subplots(2, 2, figsize=(10, 7.5), constrained_layout=True)
         panels = ("error", "time", "backward", "training")
         for panel, name in zip(axes.ravel(), panels, strict=True):
             plot_nfe(table, name, ax=panel, label=label, **line_kwargs)
