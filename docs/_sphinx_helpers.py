@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-OPTIONAL_PAGE = re.compile(r"^(\s+)\?(\S+)\s*$", re.MULTILINE)
+OPTIONAL_PAGE = re.compile(r"^([ \t]*)\?([\w/-]+)[ \t]*$", re.MULTILINE)
 
 
 def quick_argv(gallery_conf, script_vars) -> list[str]:
@@ -19,7 +19,8 @@ def quick_argv(gallery_conf, script_vars) -> list[str]:
 
 def optional_pages(text: str, docs_dir: Path) -> str:
     """In a toctree, a line ``?page`` names a page kept only where ``page.md`` or
-    ``page.rst`` exists in docs/ (the pages other branches bring)."""
+    ``page.rst`` exists in docs/ (the pages other branches bring); the line is dropped
+    otherwise."""
 
     def keep(match):
         indent, name = match.groups()

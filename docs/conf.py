@@ -103,6 +103,8 @@ html_theme_options = {
 html_context = {"default_mode": "light"}
 html_show_sourcelink = False
 html_css_files = ["odeplug.css"]
+# Pages without sub-pages: no left sidebar (it would be an empty "Section Navigation").
+html_sidebars = {page: [] for page in ("index", "benchmarks", "architecture")}
 # "fit()", not "ODEClassifier.fit()", in a page's table of contents: the long form
 # overflows the sidebar.
 toc_object_entries_show_parents = "hide"
@@ -111,7 +113,8 @@ toc_object_entries_show_parents = "hide"
 def _add_optional_pages(app, docname, source):
     """Pages the other estimators' authors add (docs/density.md, docs/latent.md) join
     the user guide's table of contents once they exist."""
-    source[0] = optional_pages(source[0], HERE)
+    if docname == "guide":
+        source[0] = optional_pages(source[0], HERE)
 
 
 def _check_api_lists_every_public_name(app, config):

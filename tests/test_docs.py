@@ -96,3 +96,43 @@ def test_docstring_examples_run(test, _registry_restored):
         import matplotlib.pyplot as plt
 
         plt.close("all")
+
+
+# ------------------------------------------------------- docs/conf.py's helpers
+
+
+@pytest.fixture(scope="module")
+def helpers():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_sphinx_helpers",
+                                                  DOCS / "_sphinx_helpers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_optional_guide_pages_join_the_toctree_once_they_exist(helpers, tmp_path):
+    (tmp_path / "density.md").write_text("# Density\n")
+    toctree = "```{toctree}\nuser_guide\n?density\n?latent\n   ?gpus\n```\n"
+    kept = helpers.optional_pages(toctree, tmp_path)
+    assert kept == "```{toctree}\nuser_guide\ndensity\n\n\n```\n"
+    guide = (DOCS / "guide.md").read_text(encoding="utf-8")
+    assert "?density" in guide and "?latent" in guide
+
+
+def test_the_build_warns_of_public_names_missing_from_the_api_page(helpers, tmp_path):
+    assert helpers.public_names_missing_from_api(DOCS / "api.rst") == []
+    api = tmp_path / "api.rst"
+    api.write_text((DOCS / "api.rst").read_text(encoding="utf-8").replace(
+        "   ODEClassifier\n", "").replace("   plot.plot_nfe\n", ""))
+    assert helpers.public_names_missing_from_api(api) == ["ODEClassifier", "plot.plot_nfe"]
+
+
+def test_the_docs_build_passes_quick_to_the_examples_that_take_it(helpers, tmp_path):
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    for name in ("digits.py", "plot_nfe_fig3.py", "plot_table1_digits.py"):
+        assert helpers.quick_argv({}, {"src_file": str(examples / name)}) == ["--quick"]
+    other = tmp_path / "plain.py"
+    other.write_text('"""\nTitle\n=====\n"""\nprint(1)\n')
+    assert helpers.quick_argv({}, {"src_file": str(other)}) == []
