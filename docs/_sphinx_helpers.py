@@ -45,3 +45,23 @@ def public_names_missing_from_api(api_page: Path) -> list[str]:
     documented = api_names(api_page)
     public = list(odeplug.__all__) + [f"plot.{name}" for name in odeplug.plot.__all__]
     return [name for name in public if name not in documented]
+
+
+# The paper's figures first, in the paper's order; examples not listed follow by name.
+GALLERY_ORDER = ("plot_nfe_fig3.py", "plot_table1_digits.py", "cnf_density.py",
+                 "spirals.py", "digits.py", "plot_change_of_variables.py")
+
+
+class GalleryOrder:
+    """sphinx-gallery's ``within_subsection_order``: a sort key of example file names."""
+
+    def __init__(self, src_dir):
+        self.src_dir = src_dir
+
+    def __call__(self, filename: str):
+        rank = GALLERY_ORDER.index(filename) if filename in GALLERY_ORDER else len(
+            GALLERY_ORDER)
+        return (rank, filename)
+
+    def __repr__(self) -> str:
+        return "GalleryOrder"

@@ -74,7 +74,7 @@ sphinx_gallery_conf = {
     "filename_pattern": r".*\.py$",  # every example runs, not only plot_*.py
     "ignore_pattern": r"(__init__|_common)\.py$",
     "reset_argv": "_sphinx_helpers.quick_argv",
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "_sphinx_helpers.GalleryOrder",
     "doc_module": ("odeplug",),
     "backreferences_dir": "gen_modules/backreferences",
     "download_all_examples": False,

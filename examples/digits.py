@@ -94,7 +94,7 @@ def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str,
     ax_nfe.legend(fontsize=8)
 
     ax_err.loglog(rtol, column(rows, "error"), "o-")
-    ax_err.set(ylabel="max |log p - log p(rtol 1e-8)| over the test set",
+    ax_err.set(ylabel="max |log p - log p(rtol 1e-8)| over the test set (nats)",
                title="numerical error of the predicted log-probabilities")
 
     median = column(rows, "time")
