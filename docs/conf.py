@@ -104,7 +104,8 @@ html_context = {"default_mode": "light"}
 html_show_sourcelink = False
 html_css_files = ["odeplug.css"]
 # Pages without sub-pages: no left sidebar (it would be an empty "Section Navigation").
-html_sidebars = {page: [] for page in ("index", "benchmarks", "architecture")}
+html_sidebars = {page: [] for page in
+                 ("index", "benchmarks", "paper_figures", "architecture")}
 # "fit()", not "ODEClassifier.fit()", in a page's table of contents: the long form
 # overflows the sidebar.
 toc_object_entries_show_parents = "hide"
