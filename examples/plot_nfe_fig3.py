@@ -115,6 +115,7 @@ for rtol, error, nfe in zip(measured["rtol"], measured["error"], measured["nfe"]
         ax_error.annotate(f"rtol {rtol:.0e}", (max(error, np.finfo(float).eps), nfe),
                           fontsize=7, textcoords="offset points", xytext=(4, 4))
 ax_error.set_xlabel("numerical error: max |log p - log p at rtol 1e-8| (nats)")
+ax_error.margins(x=0.12, y=0.1)  # room for the labels of the end points
 plot_nfe(measured, "time", ax=ax_time,
          title=f"(b) predict time of {len(Z_test)} digits against NFE")
 if clf.curves_["nfe_backward"][0] is not None:  # every engine reports it in training
