@@ -204,3 +204,16 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r'pip install "odeplug\[plot\]"'):
         plot_nfe({"rtol": [1e-3], "nfe": [20.0]}, kind="tolerance")
+
+
+def test_backward_series_overlaid_on_one_axes_share_the_diagonal_and_the_limits():
+    ax = plot_nfe({"nfe_forward": [10.0, 30.0], "nfe_backward": [8.0, 40.0]}, "backward",
+                  label="sweep")
+    plot_nfe({"nfe_forward": [12.0], "nfe_backward": [6.0]}, "backward", ax=ax,
+             label="epochs")
+    diagonals = [line for line in ax.get_lines() if line.get_label() == "backward = forward"]
+    assert len(diagonals) == 1
+    assert ax.get_xlim()[1] == pytest.approx(1.05 * 40.0)  # the first series still shows
+    assert ax.get_ylim() == ax.get_xlim()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "backward = forward", "sweep", "epochs"]
