@@ -92,6 +92,11 @@ def peak_memory_of_one_epoch(model, X, y) -> float:
     model = clone(model).set_params(max_iter=1)
     if not isinstance(model, MLPClassifier):
         model.set_params(backend="reference")  # tracemalloc sees NumPy, not torch or XLA
+    with warnings.catch_warnings():
+        # Untraced warm-up on a few rows: the first use of an engine allocates its lazy
+        # imports and caches once, which is not the training's memory.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clone(model).fit(X[:50], y[:50])
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
