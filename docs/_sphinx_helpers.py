@@ -65,3 +65,19 @@ class GalleryOrder:
 
     def __repr__(self) -> str:
         return "GalleryOrder"
+
+
+# In a numpydoc type such as "ndarray of shape (n_features_in_,)", reStructuredText reads
+# "n_features_in_" as a link to a target of that name and fails the build; an escaped
+# underscore keeps the text as written. Only names in parentheses on a line that gives a
+# shape are touched.
+PARENTHESES = re.compile(r"\(([^()]*)\)")
+TRAILING_UNDERSCORE = re.compile(r"(?<=\w)_(?=[,\s]|$)")
+
+
+def escape_shape_names(app, what, name, obj, options, lines) -> None:
+    """``autodoc-process-docstring``: escape trailing underscores in ``shape (...)``."""
+    for i, line in enumerate(lines):
+        if "shape (" in line:
+            lines[i] = PARENTHESES.sub(
+                lambda m: "(" + TRAILING_UNDERSCORE.sub(r"\\_", m.group(1)) + ")", line)

@@ -26,7 +26,11 @@ sys.path.insert(0, str(ROOT))  # odeplug from the checkout, as the tests use it
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from _sphinx_helpers import optional_pages, public_names_missing_from_api  # noqa: E402
+from _sphinx_helpers import (  # noqa: E402
+    escape_shape_names,
+    optional_pages,
+    public_names_missing_from_api,
+)
 
 import odeplug  # noqa: E402
 
@@ -138,5 +142,7 @@ def _skip_inherited_machinery(app, what, name, obj, skip, options):
 
 def setup(app):
     app.connect("autodoc-skip-member", _skip_inherited_machinery)
+    # After numpydoc (priority 500) has turned the sections into reStructuredText.
+    app.connect("autodoc-process-docstring", escape_shape_names, priority=600)
     app.connect("source-read", _add_optional_pages)
     app.connect("config-inited", _check_api_lists_every_public_name)

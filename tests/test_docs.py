@@ -136,3 +136,13 @@ def test_the_docs_build_passes_quick_to_the_examples_that_take_it(helpers, tmp_p
     other = tmp_path / "plain.py"
     other.write_text('"""\nTitle\n=====\n"""\nprint(1)\n')
     assert helpers.quick_argv({}, {"src_file": str(other)}) == []
+
+
+def test_trailing_underscores_in_shapes_are_escaped_for_rst(helpers):
+    lines = ["**noise_std_** : ndarray of shape (n_channels_,)",
+             "    shape (n_samples, n_features_in_) or (n_features_in_,)",
+             "params_ : dict, see ``fit``"]
+    helpers.escape_shape_names(None, "class", "x", None, {}, lines)
+    assert lines == ["**noise_std_** : ndarray of shape (n_channels\\_,)",
+                     "    shape (n_samples, n_features_in\\_) or (n_features_in\\_,)",
+                     "params_ : dict, see ``fit``"]
