@@ -25,6 +25,9 @@ sys.path.insert(0, str(ROOT))  # odeplug from the checkout, as the tests use it
 # the build's time does not depend on the machine's other work being spread over cores.
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The examples' small settings, for those that read it rather than take --quick
+# (examples/spirals.py on the latent ODE's branch).
+os.environ.setdefault("ODEPLUG_EXAMPLES_QUICK", "1")
 
 from _sphinx_helpers import (  # noqa: E402
     escape_shape_names,
