@@ -102,7 +102,8 @@ def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str,
                                          column(rows, "time_max") - median],
                      fmt="o-", capsize=3)
     ax_time.set(xscale="log", ylabel=f"predict time for {n_test} digits (s)",
-                title=f"wall time: median, min to max of {REPEATS} predictions")
+                title=(f"wall time: median, min to max of {REPEATS} predictions" if REPEATS > 1
+                       else "wall time of one prediction"))
     for ax in (ax_nfe, ax_err, ax_time):
         ax.set_xlabel("rtol at predict time (atol = rtol / 10)")
         ax.axvline(fitted_rtol, color="grey", lw=0.8, ls=":")
