@@ -1,4 +1,6 @@
-"""ODE-Net on scikit-learn's digits: accuracy, cost, and precision traded for speed.
+"""
+ODE-Net on digits: precision traded for speed at predict time
+=============================================================
 
 Fits ``Pipeline(StandardScaler(), ODEClassifier())`` with default parameters on a
 stratified 75/25 split of ``load_digits`` (``random_state=0``), with a progress bar,
@@ -14,6 +16,10 @@ Run from the repository root::
 
     python examples/digits.py --backend jax
     python examples/digits.py --backend torch --device cuda   # on a GPU (docs/gpus.md)
+
+``--quick`` (what the documentation build passes) fits 10 epochs and times each
+prediction once: the accuracies are then those of an unconverged model. The figure of
+the full run is in :doc:`/benchmarks`.
 """
 
 from __future__ import annotations
@@ -34,75 +40,9 @@ import odeplug
 # From a tolerance the error control barely constrains (accuracy falls) to a tight one
 # (accuracy flat, cost growing); atol = rtol / 10 throughout.
 RTOLS = (10.0, 3.0, 1.0, 3e-1, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-REPEATS = 5  # predict timings per setting: median and range
 # Fixed-step solvers with this many steps over [0, t1]: the cheap end, where accuracy
 # falls.
 FIXED_STEPS = (1, 2, 4, 8)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="reference", choices=("reference", "torch", "jax"))
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
-                        help="where torch and jax compute (docs/gpus.md)")
-    parser.add_argument("--random-state", type=int, default=0, help="seed of the model")
-    parser.add_argument("--max-iter", type=int, default=None,
-                        help="epochs (default: the estimator's default)")
-    parser.add_argument("--output", default="digits_tolerance.png", help="figure path")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args()
-
-    X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=0.25, stratify=y, random_state=0)
-
-    clf = odeplug.ODEClassifier(backend=args.backend, device=args.device,
-                                random_state=args.random_state,
-                                verbose=0 if args.quiet else 1)
-    if args.max_iter is not None:
-        clf.set_params(max_iter=args.max_iter)
-    model = make_pipeline(StandardScaler(), clf)
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        model.fit(X_train, y_train)
-    fit_time = time.perf_counter() - start
-    fitted_rtol = clf.rtol
-
-    stopped = ("max_iter reached, loss still improving"
-               if any(issubclass(w.category, ConvergenceWarning) for w in caught)
-               else "converged")
-    print(f"engine: {clf.backend_}    epochs: {clf.n_iter_} ({stopped})    "
-          f"fit time: {fit_time:.1f} s (compilation included)")
-    backward = clf.nfe_["backward"]
-    print(f"training NFE per batch (last epoch): forward {clf.nfe_['forward']:.0f}, "
-          f"backward {'n/a' if backward is None else f'{backward:.0f}'}")
-
-    # The same fitted parameters, solved at other tolerances and with cheap fixed-step
-    # solvers: the solver settings are read at predict time. inference_stats gives each
-    # input's cost without changing the model.
-    Z_test = model[0].transform(X_test)
-    reference = clf.set_params(rtol=1e-8, atol=1e-9).predict_log_proba(Z_test)
-    rows = [_measure(clf, Z_test, y_test, reference, rtol=rtol, atol=rtol / 10)
-            for rtol in sorted({*RTOLS, fitted_rtol}, reverse=True)]
-    fixed = [_measure(clf, Z_test, y_test, reference, solver=solver, step_size=1 / n_steps)
-             for solver in ("euler", "rk4") for n_steps in FIXED_STEPS]
-    clf.set_params(solver="dopri5", step_size=None, rtol=fitted_rtol, atol=fitted_rtol / 10)
-
-    print(f"\n{'solver':>8} {'setting':>12} {'accuracy':>9} {'max |log p error|':>18} "
-          f"{'NFE per input: mean [p10, p90]':>31} {'predict s: median [min, max]':>29}")
-    for row in rows + fixed:
-        mark = "  <- as fitted" if row["rtol"] == fitted_rtol else ""
-        setting = (f"rtol {row['rtol']:.0e}" if row["solver"] == "dopri5"
-                   else f"{round(1 / row['step_size'])} steps")
-        print(f"{row['solver']:>8} {setting:>12} {row['accuracy']:9.4f} {row['error']:18.2e} "
-              f"{row['nfe']:14.1f} [{row['nfe10']:.0f}, {row['nfe90']:.0f}]"
-              f"{row['time']:17.3f} [{row['time_min']:.3f}, {row['time_max']:.3f}]{mark}")
-    test_accuracy = next(r["accuracy"] for r in rows if r["rtol"] == fitted_rtol)
-    print(f"\ntest accuracy: {test_accuracy:.4f}")
-
-    _plot(rows, fixed, fitted_rtol, clf.backend_, len(X_test), args.output)
-    print(f"figure: {args.output}")
 
 
 def _measure(clf, Z, y, reference, **solver_params) -> dict:
@@ -123,7 +63,8 @@ def _measure(clf, Z, y, reference, **solver_params) -> dict:
             "time": np.median(times), "time_min": min(times), "time_max": max(times)}
 
 
-def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str) -> None:
+def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str,
+          quick_epochs: int | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +95,7 @@ def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str) 
     ax_nfe.legend(fontsize=8)
 
     ax_err.loglog(rtol, column(rows, "error"), "o-")
-    ax_err.set(ylabel="max |log p - log p(rtol 1e-8)| over the test set",
+    ax_err.set(ylabel="max |log p - log p(rtol 1e-8)| over the test set (nats)",
                title="numerical error of the predicted log-probabilities")
 
     median = column(rows, "time")
@@ -162,15 +103,107 @@ def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str) 
                                          column(rows, "time_max") - median],
                      fmt="o-", capsize=3)
     ax_time.set(xscale="log", ylabel=f"predict time for {n_test} digits (s)",
-                title=f"wall time: median, min to max of {REPEATS} predictions")
+                title=(f"wall time: median, min to max of {REPEATS} predictions" if REPEATS > 1
+                       else "wall time of one prediction"))
     for ax in (ax_nfe, ax_err, ax_time):
         ax.set_xlabel("rtol at predict time (atol = rtol / 10)")
         ax.axvline(fitted_rtol, color="grey", lw=0.8, ls=":")
         ax.invert_xaxis()  # precision grows to the right
+    quick = (f"\n--quick: {quick_epochs} epochs, one timing per setting"
+             if quick_epochs is not None else "")
     fig.suptitle(f"ODEClassifier on digits ({engine} engine): one fit at rtol = "
-                 f"{fitted_rtol:g} (dotted line), solver settings chosen at predict time")
+                 f"{fitted_rtol:g} (dotted line), solver settings chosen at predict time"
+                 f"{quick}")
     fig.savefig(path, dpi=120)
 
 
-if __name__ == "__main__":
-    main()
+# %%
+# Settings
+# --------
+# The command line of a run by hand; ``--quick`` is what the documentation build
+# passes.
+parser = argparse.ArgumentParser(
+    description="ODE-Net on digits: precision traded for speed at predict time")
+parser.add_argument("--backend", default="reference", choices=("reference", "torch", "jax"))
+parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                    help="where torch and jax compute (docs/gpus.md)")
+parser.add_argument("--random-state", type=int, default=0, help="seed of the model")
+parser.add_argument("--max-iter", type=int, default=None,
+                    help="epochs (default: the estimator's default)")
+parser.add_argument("--output", default="digits_tolerance.png", help="figure path")
+parser.add_argument("--quiet", action="store_true", help="no progress bar")
+parser.add_argument("--quick", action="store_true",
+                    help="10 epochs, one timing per setting (the documentation build)")
+args = parser.parse_args()
+if args.quick:
+    args.quiet = True
+    args.max_iter = args.max_iter or 10
+REPEATS = 1 if args.quick else 5  # predict timings per setting: median and range
+
+# %%
+# Fit
+# ---
+# One fit at the default tolerance (``rtol=1e-3``), with a progress bar unless quiet.
+X, y = load_digits(return_X_y=True)
+X_train, X_test, y_train, y_test = train_test_split(
+    X, y, test_size=0.25, stratify=y, random_state=0)
+
+clf = odeplug.ODEClassifier(backend=args.backend, device=args.device,
+                            random_state=args.random_state,
+                            verbose=0 if args.quiet else 1)
+if args.max_iter is not None:
+    clf.set_params(max_iter=args.max_iter)
+model = make_pipeline(StandardScaler(), clf)
+start = time.perf_counter()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", ConvergenceWarning)
+    model.fit(X_train, y_train)
+fit_time = time.perf_counter() - start
+fitted_rtol = clf.rtol
+
+stopped = ("max_iter reached, loss still improving"
+           if any(issubclass(w.category, ConvergenceWarning) for w in caught)
+           else "converged")
+print(f"engine: {clf.backend_}    epochs: {clf.n_iter_} ({stopped})    "
+      f"fit time: {fit_time:.1f} s (compilation included)")
+backward = clf.nfe_["backward"]
+print(f"training NFE per batch (last epoch): forward {clf.nfe_['forward']:.0f}, "
+      f"backward {'n/a' if backward is None else f'{backward:.0f}'}")
+
+# %%
+# Predict at other tolerances, without refitting
+# ----------------------------------------------
+# The same fitted parameters, solved at other tolerances and with cheap fixed-step
+# solvers: the solver settings are read at predict time. ``inference_stats`` gives each
+# input's cost without changing the model. The numerical error is measured against a
+# solve at ``rtol = 1e-8``.
+Z_test = model[0].transform(X_test)
+reference = clf.set_params(rtol=1e-8, atol=1e-9).predict_log_proba(Z_test)
+rows = [_measure(clf, Z_test, y_test, reference, rtol=rtol, atol=rtol / 10)
+        for rtol in sorted({*RTOLS, fitted_rtol}, reverse=True)]
+fixed = [_measure(clf, Z_test, y_test, reference, solver=solver, step_size=1 / n_steps)
+         for solver in ("euler", "rk4") for n_steps in FIXED_STEPS]
+clf.set_params(solver="dopri5", step_size=None, rtol=fitted_rtol, atol=fitted_rtol / 10)
+
+print(f"{'solver':>8} {'setting':>12} {'accuracy':>9} {'max |log p error|':>18} "
+      f"{'NFE per input: mean [p10, p90]':>31} {'predict s: median [min, max]':>29}")
+for row in rows + fixed:
+    mark = "  <- as fitted" if row["rtol"] == fitted_rtol else ""
+    setting = (f"rtol {row['rtol']:.0e}" if row["solver"] == "dopri5"
+               else f"{round(1 / row['step_size'])} steps")
+    print(f"{row['solver']:>8} {setting:>12} {row['accuracy']:9.4f} {row['error']:18.2e} "
+          f"{row['nfe']:14.1f} [{row['nfe10']:.0f}, {row['nfe90']:.0f}]"
+          f"{row['time']:17.3f} [{row['time_min']:.3f}, {row['time_max']:.3f}]{mark}")
+test_accuracy = next(r["accuracy"] for r in rows if r["rtol"] == fitted_rtol)
+print(f"\ntest accuracy: {test_accuracy:.4f}")
+
+# %%
+# The figure
+# ----------
+# Top left: test accuracy against the mean NFE per input, for dopri5 at every tolerance
+# and for Euler and RK4 of 1 to 8 steps. The other panels against ``rtol``: NFE per
+# input (mean and 10th to 90th percentile), the numerical error of the
+# log-probabilities, and the wall time of one ``predict`` on the test set.
+_plot(rows, fixed, fitted_rtol, clf.backend_, len(X_test), args.output,
+      quick_epochs=clf.n_iter_ if args.quick else None)
+print(f"figure: {args.output}")

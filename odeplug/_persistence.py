@@ -83,6 +83,16 @@ class ModelFileError(ValueError):
         in a newer format version), ``"tampered"`` (its contents do not match its
         integrity digest), ``"key"`` (saved with a key and loaded without it, or the
         other way round).
+
+    Examples
+    --------
+    >>> import io
+    >>> import odeplug
+    >>> try:
+    ...     odeplug.load(io.BytesIO(b"not a model file"))
+    ... except odeplug.ModelFileError as error:
+    ...     print(error.reason)
+    foreign
     """
 
     def __init__(self, message: str, *, reason: str):
@@ -625,6 +635,22 @@ def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] 
     ``ODEEstimatorBase``) and model specs this process has defined; the file names no
     module to import. Import the module of a third-party estimator before loading its
     files.
+
+    Examples
+    --------
+    Fitted on one engine, loaded for another:
+
+    >>> import io
+    >>> from sklearn.datasets import make_moons
+    >>> import odeplug
+    >>> X, y = make_moons(60, noise=0.1, random_state=0)
+    >>> clf = odeplug.ODEClassifier(hidden_layer_sizes=(4,), max_iter=5,
+    ...                             random_state=0).fit(X, y)
+    >>> file = io.BytesIO()
+    >>> odeplug.save(clf, file)
+    >>> loaded = odeplug.load(io.BytesIO(file.getvalue()), expected=odeplug.ODEClassifier)
+    >>> bool((loaded.predict(X) == clf.predict(X)).all()), loaded.backend_
+    (True, 'reference')
     """
     where = f"{file!r:.200}" if not hasattr(file, "read") else "the file"
     key = _key_bytes(key)

@@ -53,8 +53,8 @@ DEVICES = ("cpu", "cuda", "auto")
 class Backend(abc.ABC):
     """Base class of odeplug's engines (reference, torch, jax, or a third party's).
 
-    Class attributes
-    ----------------
+    Attributes
+    ----------
     name : str
         Registry name, the value of ``backend=``.
     requires : tuple of str
@@ -67,6 +67,17 @@ class Backend(abc.ABC):
         an array of such a type here when no ``backend=`` is given.
     default_dtype : str
         Floating dtype of the estimators' parameters on this engine.
+
+    See Also
+    --------
+    register_backend, get_backend
+
+    Examples
+    --------
+    >>> import odeplug
+    >>> engine = odeplug.get_backend("reference")
+    >>> isinstance(engine, odeplug.Backend), engine.name, engine.default_dtype
+    (True, 'reference', 'float64')
     """
 
     name: ClassVar[str]
@@ -164,7 +175,28 @@ class Backend(abc.ABC):
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """What :func:`available_backends` reports for one registered engine."""
+    """What :func:`available_backends` reports for one registered engine.
+
+    Attributes
+    ----------
+    name : str
+        Registry name.
+    available : bool
+        Whether every distribution the engine needs is installed.
+    versions : dict of str to str or None
+        Installed version of each (None: missing).
+    install : str
+        The pip command that installs the engine.
+    target : str
+        Where the engine's class lives (``"module:Class"``).
+
+    Examples
+    --------
+    >>> import odeplug
+    >>> info = odeplug.available_backends()["reference"]
+    >>> info.available, info.install, sorted(info.versions)
+    (True, 'pip install odeplug', ['autograd', 'numpy'])
+    """
 
     name: str
     available: bool
@@ -186,6 +218,27 @@ def register_backend(name: str, target: str | type[Backend]) -> None:
 
     Third parties normally register through the entry-point group
     ``odeplug.backends`` instead; this is for code that is not installed.
+
+    Parameters
+    ----------
+    name : str
+        The value of ``backend=`` that selects the engine.
+    target : str or Backend subclass
+        ``"module:Class"`` (imported on first use) or the class itself.
+
+    Examples
+    --------
+    An engine that reuses the reference one under another name:
+
+    >>> import odeplug
+    >>> from odeplug.reference import ReferenceBackend
+    >>> class Mine(ReferenceBackend):
+    ...     name = "mine"
+    >>> odeplug.register_backend("mine", Mine)
+    >>> odeplug.get_backend("mine").name
+    'mine'
+    >>> odeplug.available_backends()["mine"].available
+    True
     """
     with _lock:
         _targets[name] = target
@@ -240,6 +293,19 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     BackendNotAvailableError
         It is registered but its engine is not installed; the message says which pip
         extra installs it.
+
+    Examples
+    --------
+    >>> import odeplug
+    >>> odeplug.get_backend("reference")
+    <odeplug backend 'reference'>
+    >>> with odeplug.config_context(backend="reference"):
+    ...     odeplug.get_backend().name
+    'reference'
+    >>> odeplug.get_backend("numba")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown backend 'numba'; registered backends: [...]
     """
     if isinstance(name, Backend):
         return name

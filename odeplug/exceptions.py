@@ -12,7 +12,21 @@ class BackendNotAvailableError(ImportError):
     """A registered backend whose engine is not installed.
 
     The message names the pip extra that installs it, for example
-    ``pip install "odeplug[jax]"``.
+    ``pip install "odeplug[jax]"``. A subclass of ``ImportError``.
+
+    Attributes
+    ----------
+    name : str
+        The engine's registry name.
+    install : str
+        The pip command that installs it.
+
+    Examples
+    --------
+    >>> import odeplug
+    >>> error = odeplug.BackendNotAvailableError("jax", 'pip install "odeplug[jax]"')
+    >>> print(error)  # doctest: +ELLIPSIS
+    odeplug backend 'jax' is registered but ...; install it with: pip install "odeplug[jax]"
     """
 
     def __init__(self, name: str, install: str, reason: str = ""):
@@ -31,6 +45,19 @@ class DeviceNotAvailableError(RuntimeError):
     The message names the engine and what is missing (a CUDA build of torch, a GPU
     platform of jax, a driver, or an engine that computes on the CPU only), worded the
     same on every engine. Nothing has been computed or changed when it is raised.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import odeplug
+    >>> clf = odeplug.ODEClassifier(backend="reference", device="cuda")
+    >>> try:
+    ...     clf.fit(np.zeros((4, 2)), [0, 1, 0, 1])
+    ... except odeplug.DeviceNotAvailableError as error:
+    ...     print(error.engine, error.device)
+    reference cuda
+    >>> hasattr(clf, "params_")  # nothing was fitted
+    False
     """
 
     def __init__(self, engine: str, device: str, missing: str):
@@ -56,6 +83,19 @@ class SolverError(RuntimeError):
         The requested output times reached before the failure.
     ys : ndarray or None
         The solution at ``ts`` (the solution so far).
+
+    Examples
+    --------
+    ``dy/dt = y**2`` from ``y(0) = 1`` blows up at ``t = 1``:
+
+    >>> import numpy as np
+    >>> import odeplug
+    >>> try:
+    ...     odeplug.odeint(lambda t, y, a: y**2, np.ones(1), np.array([0.0, 0.5, 2.0]))
+    ... except odeplug.SolverError as error:
+    ...     print(error.reason, round(error.t, 3), error.ts, error.ys.round(6))
+    step_size_underflow 1.0 [0.  0.5] [[1.]
+     [2.]]
     """
 
     def __init__(self, message: str, *, reason: str, t: float, ts: Any = None, ys: Any = None):
@@ -80,6 +120,23 @@ class TrainingDivergedError(RuntimeError):
         The epoch (counted over the whole history) in which training diverged.
     params : dict of str to ndarray or None
         The last verified parameters of the failed run (None if no step was sane).
+
+    Examples
+    --------
+    A learning rate that blows the parameters up:
+
+    >>> from sklearn.datasets import make_moons
+    >>> from odeplug import ODEClassifier, TrainingDivergedError
+    >>> X, y = make_moons(60, random_state=0)
+    >>> clf = ODEClassifier(hidden_layer_sizes=(4,), learning_rate_init=1e8, max_iter=5,
+    ...                     random_state=0)
+    >>> try:
+    ...     clf.fit(X, y)
+    ... except TrainingDivergedError as error:
+    ...     print(error.epoch, sorted(error.params) == sorted(clf.params_))
+    2 True
+    >>> clf.predict(X[:2]).shape  # the last sane parameters predict
+    (2,)
     """
 
     def __init__(self, message: str, *, epoch: int | None = None, params: Any = None):

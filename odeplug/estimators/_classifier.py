@@ -98,8 +98,10 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
+        The labels seen in ``fit``, sorted.
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Number of features seen in ``fit``.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Only when X has string feature names.
     backend_ : str
         The engine that fitted the model.
@@ -119,6 +121,10 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     nfe_ : dict
         ``{"forward": ..., "backward": ...}``: mean function evaluations per minibatch in
         the last epoch (backward is None where the engine does not report it).
+    curves_ : dict of str to list
+        Mean per minibatch of each epoch of every training metric: ``loss``,
+        ``nfe_forward``, ``nfe_backward`` (None entries where the engine does not report
+        it). What :func:`odeplug.plot.plot_nfe` draws.
 
     See Also
     --------

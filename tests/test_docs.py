@@ -1,0 +1,148 @@
+"""The documentation's promises that need no Sphinx: every public name is on the API
+page with an example, and every example runs (the docstrings are doctests)."""
+
+from __future__ import annotations
+
+import doctest
+import inspect
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+import odeplug
+import odeplug.plot
+from odeplug import backend as registry
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PUBLIC = {**{name: getattr(odeplug, name) for name in odeplug.__all__},
+          **{f"plot.{name}": getattr(odeplug.plot, name) for name in odeplug.plot.__all__}}
+# Tuples of names: documented by hand on the API page (``.. data::``), with an example.
+CONSTANTS = {name for name, obj in PUBLIC.items() if isinstance(obj, tuple)}
+
+
+def _api_entries() -> set[str]:
+    text = (DOCS / "api.rst").read_text(encoding="utf-8")
+    entries = set(re.findall(r"^ {3}([A-Za-z_][\w.]*)\s*$", text, re.MULTILINE))
+    return entries | set(re.findall(r"^\.\. data:: odeplug\.(\w+)", text, re.MULTILINE))
+
+
+def test_every_public_name_has_an_api_page():
+    missing = sorted(set(PUBLIC) - _api_entries())
+    assert not missing, f"add to docs/api.rst: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(set(PUBLIC) - CONSTANTS))
+def test_every_public_docstring_has_an_example(name):
+    doc = inspect.getdoc(PUBLIC[name]) or ""
+    assert re.search(r"^Examples\n-{8}\n", doc, re.MULTILINE), f"{name} has no Examples"
+    assert ">>> " in doc.split("Examples\n--------\n", 1)[1]
+
+
+def test_constants_have_an_example_on_the_api_page():
+    text = (DOCS / "api.rst").read_text(encoding="utf-8")
+    for name in CONSTANTS:
+        assert f".. data:: odeplug.{name}" in text
+    assert ">>> odeplug.SOLVERS ==" in text
+
+
+def _doctests():
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    seen = set()
+    for name, obj in PUBLIC.items():
+        if name in CONSTANTS:
+            continue
+        for test in finder.find(obj, name=f"odeplug.{name}"):
+            if test.examples and test.name not in seen:
+                seen.add(test.name)
+                yield test
+
+
+DOCTESTS = sorted(_doctests(), key=lambda test: test.name)
+
+
+@pytest.fixture
+def _registry_restored():
+    # register_backend's example registers an engine; the other tests see the registry
+    # as it was.
+    saved = (dict(registry._targets), dict(registry._instances), dict(registry._classes))
+    yield
+    for table, before in zip((registry._targets, registry._instances, registry._classes),
+                             saved, strict=True):
+        table.clear()
+        table.update(before)
+
+
+@pytest.mark.parametrize("test", DOCTESTS, ids=[test.name for test in DOCTESTS])
+def test_docstring_examples_run(test, _registry_restored):
+    if "odeplug.plot" in test.name or test.name.startswith("odeplug.plot."):
+        matplotlib = pytest.importorskip("matplotlib")
+        matplotlib.use("Agg")
+    runner = doctest.DocTestRunner(
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning of the few-epoch fits
+        result = runner.run(test, out=lambda text: None)
+    if result.failed:
+        report = []
+        runner = doctest.DocTestRunner(
+            optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runner.run(test, out=report.append)
+        pytest.fail("".join(report))
+    if "plot" in test.name:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+
+
+# ------------------------------------------------------- docs/conf.py's helpers
+
+
+@pytest.fixture(scope="module")
+def helpers():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_sphinx_helpers",
+                                                  DOCS / "_sphinx_helpers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_optional_guide_pages_join_the_toctree_once_they_exist(helpers, tmp_path):
+    (tmp_path / "density.md").write_text("# Density\n")
+    toctree = "```{toctree}\nuser_guide\n?density\n?latent\n   ?gpus\n```\n"
+    kept = helpers.optional_pages(toctree, tmp_path)
+    assert kept == "```{toctree}\nuser_guide\ndensity\n\n\n```\n"
+    guide = (DOCS / "guide.md").read_text(encoding="utf-8")
+    assert "?density" in guide and "?latent" in guide
+
+
+def test_the_build_warns_of_public_names_missing_from_the_api_page(helpers, tmp_path):
+    assert helpers.public_names_missing_from_api(DOCS / "api.rst") == []
+    api = tmp_path / "api.rst"
+    api.write_text((DOCS / "api.rst").read_text(encoding="utf-8").replace(
+        "   ODEClassifier\n", "").replace("   plot.plot_nfe\n", ""))
+    assert helpers.public_names_missing_from_api(api) == ["ODEClassifier", "plot.plot_nfe"]
+
+
+def test_the_docs_build_passes_quick_to_the_examples_that_take_it(helpers, tmp_path):
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    for name in ("digits.py", "plot_nfe_fig3.py", "plot_table1_digits.py"):
+        assert helpers.quick_argv({}, {"src_file": str(examples / name)}) == ["--quick"]
+    other = tmp_path / "plain.py"
+    other.write_text('"""\nTitle\n=====\n"""\nprint(1)\n')
+    assert helpers.quick_argv({}, {"src_file": str(other)}) == []
+
+
+def test_trailing_underscores_in_shapes_are_escaped_for_rst(helpers):
+    lines = ["**noise_std_** : ndarray of shape (n_channels_,)",
+             "    shape (n_samples, n_features_in_) or (n_features_in_,)",
+             "params_ : dict, see ``fit``"]
+    helpers.escape_shape_names(None, "class", "x", None, {}, lines)
+    assert lines == ["**noise_std_** : ndarray of shape (n_channels\\_,)",
+                     "    shape (n_samples, n_features_in\\_) or (n_features_in\\_,)",
+                     "params_ : dict, see ``fit``"]
