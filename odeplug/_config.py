@@ -28,6 +28,9 @@ _global_config: dict[str, Any] = {
     # JAX's persistent compilation cache: None means the environment variable
     # ODEPLUG_JAX_CACHE_DIR, then a folder in the user's cache directory; "" turns it off.
     "jax_cache_dir": None,
+    # JAX: shard each training step's batch over all devices of the estimator's
+    # platform when it has several (the result is one device's up to rounding).
+    "data_parallel": True,
 }
 _local = threading.local()
 
@@ -74,7 +77,8 @@ def get_config() -> dict[str, Any]:
 
 
 def set_config(backend: str | None = None, num_threads: int | None | str = "unchanged",
-               jax_cache_dir: str | None = "unchanged") -> None:
+               jax_cache_dir: str | None = "unchanged",
+               data_parallel: bool | None = None) -> None:
     """Set odeplug's configuration for the current thread.
 
     Parameters
@@ -92,6 +96,11 @@ def set_config(backend: str | None = None, num_threads: int | None | str = "unch
         (``ODEPLUG_JAX_CACHE_DIR``, else ``~/.cache/odeplug/jax``), ``""`` to turn it
         off. A folder set with JAX's own ``jax_compilation_cache_dir`` is left alone.
         Not given: unchanged.
+    data_parallel : bool, optional
+        On the jax engine, shard each training step's batch over all devices of the
+        estimator's ``device`` platform when it has several (several GPUs; CPU devices
+        made with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``): the same fit
+        up to floating-point rounding. Default True; ``None`` leaves it unchanged.
 
     Examples
     --------
@@ -118,6 +127,11 @@ def set_config(backend: str | None = None, num_threads: int | None | str = "unch
             raise TypeError(f"jax_cache_dir must be a path, '' or None, got {jax_cache_dir!r}")
         config["jax_cache_dir"] = None if jax_cache_dir is None else os.fspath(jax_cache_dir)
         chosen.add("jax_cache_dir")
+    if data_parallel is not None:
+        if not isinstance(data_parallel, bool):
+            raise TypeError(f"data_parallel must be True or False, got {data_parallel!r}")
+        config["data_parallel"] = data_parallel
+        chosen.add("data_parallel")
 
 
 @contextmanager
