@@ -45,7 +45,7 @@ SCORING = dict(rtol=1e-6, atol=1e-8)
 # The CNF of the quality table: the estimator's defaults but for these (measured on
 # moons under the time target; docs/density.md).
 CNF_SETTINGS = dict(hidden_layer_sizes=(64, 64), batch_size=100, learning_rate_init=5e-3,
-                    kinetic_energy=0.01, jacobian_norm=0.01, max_iter=30)
+                    kinetic_energy=0.01, jacobian_norm=0.01, max_iter=60)
 
 
 # ------------------------------------------------------------------------ data
