@@ -21,11 +21,13 @@ from ._sklearn_compat import Interval, StrOptions
 __all__ = ["AUTO_EXACT_MAX_FEATURES", "CNFDensity"]
 
 # trace_estimator="auto" trains with the exact trace up to this many features and with
-# Hutchinson's estimate above. The exact trace costs d tangents through the field per
-# evaluation, Hutchinson's one; measured (docs/density.md, tests/benchmarks/
-# bench_density.py --only dimension): the exact trace's epoch time grows with d and
-# overtakes Hutchinson's, whose gradient noise then no longer costs more than it saves.
-AUTO_EXACT_MAX_FEATURES = 8
+# Hutchinson's estimate above. The exact trace pushes d tangents through the field per
+# evaluation, Hutchinson's one. Measured (docs/density.md, bench_density.py --only
+# dimension; a loaded machine, so ratios within a factor of two): a training step with
+# the exact trace costs about Hutchinson's at d = 2, about twice at d = 4, and 2 to 9
+# times from d = 8 (35 times at d = 64 on JAX), while Hutchinson's stays nearly flat. Up
+# to 4 features the exact trace's noise-free gradients cost at most about one more step.
+AUTO_EXACT_MAX_FEATURES = 4
 
 
 class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin,
@@ -75,7 +77,7 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         How training computes ``tr(df/dz)``: exactly (``d`` forward-mode tangents per
         evaluation) or by Hutchinson's unbiased estimate ``e^T (df/dz) e`` with one
         Rademacher probe ``e`` per sample and minibatch, drawn from ``random_state``.
-        "auto": exact up to :data:`AUTO_EXACT_MAX_FEATURES` features, Hutchinson above.
+        "auto": exact up to :data:`AUTO_EXACT_MAX_FEATURES` (4) features, Hutchinson above.
         Scoring always uses the exact trace.
     kinetic_energy, jacobian_norm : float, default=0.0
         RNODE's regulariser weights: the loss adds ``kinetic_energy * int |f|^2 dt`` and
