@@ -428,10 +428,11 @@ def test_pipeline_cross_val_score_clone_and_pickle(fitted):
 
 
 def test_grid_search_over_engines_sizes_and_kinetic_energy_in_parallel():
-    # Fixed steps and one epoch: the grid's 4 architectures compile fast on JAX (once per
-    # worker; the two folds share a batch shape).
+    # Fixed steps and one epoch. Both kinetic_energy values are positive: the same
+    # architecture, so a JAX worker compiles once per hidden size (the weight is a traced
+    # value; the two folds share a batch shape).
     grid = {"backend": installed_engines(), "hidden_layer_sizes": [(4,), (8,)],
-            "kinetic_energy": [0.0, 0.1]}
+            "kinetic_energy": [0.01, 0.5]}
     base = small(max_iter=1, solver="rk4", step_size=0.5)
     search = GridSearchCV(base, grid, cv=2, n_jobs=2).fit(X_MOONS)
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
