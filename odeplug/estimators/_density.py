@@ -23,10 +23,11 @@ __all__ = ["AUTO_EXACT_MAX_FEATURES", "CNFDensity"]
 # trace_estimator="auto" trains with the exact trace up to this many features and with
 # Hutchinson's estimate above. The exact trace pushes d tangents through the field per
 # evaluation, Hutchinson's one. Measured (docs/density.md, bench_density.py --only
-# dimension; a loaded machine, so ratios within a factor of two): a training step with
-# the exact trace costs about Hutchinson's at d = 2, about twice at d = 4, and 2 to 9
-# times from d = 8 (35 times at d = 64 on JAX), while Hutchinson's stays nearly flat. Up
-# to 4 features the exact trace's noise-free gradients cost at most about one more step.
+# dimension; field 64-64, batch 200): a step with the exact trace costs 1.1 / 1.3 / 1.6 /
+# 6.5 times Hutchinson's at d = 2 / 4 / 8 / 64 on torch and 1.6 / 3.7 / 5 / 29 times on
+# JAX, while Hutchinson's stays nearly flat. Up to 4 features the exact trace's
+# noise-free gradients cost a few milliseconds more per step; one threshold for every
+# engine, so that a seed gives the same fit everywhere.
 AUTO_EXACT_MAX_FEATURES = 4
 
 
