@@ -17,7 +17,7 @@ from ._solver_options import (
     make_solve_config,
 )
 from .backend import Backend, BackendInfo, available_backends, get_backend, register_backend
-from .estimators import ODEClassifier
+from .estimators import CNFDensity, ODEClassifier
 from .exceptions import (
     BackendNotAvailableError,
     DeviceNotAvailableError,
@@ -35,6 +35,7 @@ __all__ = [
     "BackendInfo",
     "BackendNotAvailableError",
     "BacksolveAdjoint",
+    "CNFDensity",
     "Constant",
     "DeviceNotAvailableError",
     "ModelFileError",

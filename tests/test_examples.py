@@ -24,3 +24,15 @@ def test_digits_example(tmp_path):
     accuracy = float(out.stdout.split("test accuracy:")[1].split()[0])
     assert accuracy > 0.5  # three epochs: far from converged, far from chance (0.1)
     assert figure.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_cnf_density_example(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "cnf_density.py"), "--quick", "--backend",
+         "torch", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=True)
+    assert "held-out mean log-likelihood:" in out.stdout
+    for name in ("cnf_density.png", "cnf_samples.png", "cnf_flow.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name

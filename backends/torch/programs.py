@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from odeplug._specs import Hyper, ODENetSpec
+from odeplug._specs import CNFSpec, Hyper, ODENetSpec
 
 __all__ = ["current_device", "l2_penalty", "make_program", "placed_on", "set_adam_hyper",
            "tensor", "view"]
@@ -63,6 +63,10 @@ def make_program(spec: Any):
         from .odenet import ODENetProgram
 
         return ODENetProgram(spec)
+    if isinstance(spec, CNFSpec):
+        from .cnf import CNFProgram
+
+        return CNFProgram(spec)
     raise NotImplementedError(f"the torch engine has no program for {type(spec).__name__}")
 
 
