@@ -8,6 +8,7 @@ import itertools
 
 import numpy as np
 import pytest
+from autograd import grad
 from scipy import stats
 
 import odeplug
@@ -150,3 +151,79 @@ def test_the_optimal_field_carries_the_smoothed_data_to_the_base_on_cnf_time():
                            rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ys[-1][:d], np.zeros(d), atol=1e-7)
     np.testing.assert_allclose(ys[-1][d:].reshape(d, d), np.eye(d), atol=1e-7)
+
+
+# ---------------------------------------------- the reference engine's training program
+
+
+def _reference():
+    from odeplug.reference.programs import make_program
+
+    return make_program
+
+
+def test_reference_loss_is_the_regression_of_the_field_onto_the_target():
+    from tests.backends.flow_matching import fm_batch, fm_hyper, fm_spec, numpy_loss
+
+    spec = fm_spec()
+    program = _reference()(spec)
+    params = spec.init_params(0)
+    batch = fm_batch(spec)
+    metrics = program.evaluate(program.init(params), batch, fm_hyper())
+    assert metrics["loss"] == pytest.approx(
+        numpy_loss(params, batch, 0.5, spec.penalized_names()), rel=1e-12)
+    assert metrics["mse"] == pytest.approx(numpy_loss(params, batch, 0.0, ()), rel=1e-12)
+    # No solve: one field evaluation, backpropagated.
+    assert metrics["nfe_forward"] == 1 and metrics["nfe_backward"] == 0
+
+
+def test_reference_gradient_matches_finite_differences():
+    from tests.backends.flow_matching import fm_batch, fm_hyper, fm_spec, numpy_loss
+
+    spec = fm_spec()
+    program = _reference()(spec)
+    params = spec.init_params(1)
+    batch = fm_batch(spec, seed=3)
+    hyper = fm_hyper()
+    gradient = grad(lambda p: program._loss(p, *program._batch(batch), hyper, {}))(params)
+    h = 1e-6
+    for name, value in params.items():
+        for index in [(0,) * value.ndim, tuple(s - 1 for s in value.shape)]:
+            up, down = dict(params), dict(params)
+            up[name], down[name] = value.copy(), value.copy()
+            up[name][index] += h
+            down[name][index] -= h
+            numeric = (numpy_loss(up, batch, 0.5, spec.penalized_names())
+                       - numpy_loss(down, batch, 0.5, spec.penalized_names())) / (2 * h)
+            assert gradient[name][index] == pytest.approx(numeric, rel=1e-6, abs=1e-8), name
+
+
+def test_reference_step_is_adam_on_the_regression_and_shares_the_cnf_state():
+    from odeplug.reference.programs import Adam
+    from tests.backends.flow_matching import fm_batch, fm_hyper, fm_spec
+
+    spec = fm_spec()
+    program = _reference()(spec)
+    cnf_program = _reference()(spec.cnf)
+    params = spec.init_params(2)
+    state = cnf_program.init(params)  # the CNF's own state trains under flow matching
+    batch, hyper = fm_batch(spec), fm_hyper()
+    state, metrics = program.step(state, batch, hyper)
+    expected_grads = grad(lambda p: program._loss(p, *program._batch(batch), hyper, {}))(
+        params)
+    expected, _ = Adam.update(params, expected_grads, Adam.init(params), hyper)
+    for name in params:
+        np.testing.assert_allclose(state["params"][name], expected[name], rtol=1e-12)
+    assert state["opt"]["count"] == 1
+    # ... and the CNF's program scores the parameters flow matching trained.
+    log_p, _ = cnf_program.log_density(cnf_program.get_params(state), batch[1][:3], hyper)
+    assert log_p.shape == (3,) and np.all(np.isfinite(log_p))
+
+
+def test_reference_step_refuses_a_batch_of_another_objective():
+    from tests.backends.flow_matching import fm_hyper, fm_spec
+
+    spec = fm_spec()
+    program = _reference()(spec)
+    with pytest.raises(ValueError, match=r"a flow-matching step takes a batch \(t, x_t, "):
+        program.step(program.init(spec.init_params(0)), (np.zeros((4, 2)),), fm_hyper())

@@ -16,6 +16,13 @@ __all__ = ["l2_penalty", "make_program", "set_adam_hyper", "tensor", "view"]
 
 def make_program(spec: Any):
     """The torch engine's program of a model spec."""
+    # Flow matching trains a CNF's parameters by regression: its own program.
+    from odeplug._flow_matching import FlowMatchingSpec
+
+    if isinstance(spec, FlowMatchingSpec):
+        from .flow_matching import FlowMatchingProgram
+
+        return FlowMatchingProgram(spec)
     if isinstance(spec, ODENetSpec):
         from .odenet import ODENetProgram
 
