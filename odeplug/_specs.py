@@ -26,6 +26,8 @@ from ._solver_options import ODESolveConfig
 
 __all__ = [
     "ACTIVATIONS",
+    "CNFHyper",
+    "CNFSpec",
     "Fill",
     "GlorotUniform",
     "Hyper",
@@ -34,6 +36,7 @@ __all__ = [
     "ODENetSpec",
     "Orthogonal",
     "Param",
+    "TRACE_ESTIMATORS",
     "Zeros",
     "dense_params",
 ]
@@ -262,4 +265,73 @@ class ODENetSpec(ModelSpec):
         for i in range(self.n_field_layers):
             table.update(dense_params(f"field.{i}", sizes[i], sizes[i + 1], factor=factor))
         table.update(dense_params("head", self.state_dim, self.n_outputs, factor=factor))
+        return table
+
+
+# Training trace estimators of a CNF (inference always takes the exact trace).
+TRACE_ESTIMATORS = ("exact", "hutchinson")
+
+
+@dataclass(frozen=True)
+class CNFHyper(Hyper):
+    """:class:`Hyper` of a continuous normalizing flow, with RNODE's regulariser weights
+    (Finlay et al. 2020): the training loss adds ``kinetic_energy * mean(int |f|^2 dt)``
+    and ``jacobian_norm * mean(int |df/dz|_F^2 dt)``. Traced on JAX, as every float of a
+    ``Hyper``."""
+
+    kinetic_energy: float = 0.0
+    jacobian_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class CNFSpec(ModelSpec):
+    """A continuous normalizing flow (Chen et al. 2018, Sec. 4; FFJORD, Grathwohl et al.
+    2019).
+
+    Time convention: data ``x`` at ``t = 0`` is carried by ``dz/dt = f(t, z)`` to the
+    base distribution ``N(0, I)`` at ``t1``; ``log p(x) = log N(z(t1); 0, I) +
+    int_0^t1 tr(df/dz) dt``, the log-density change solved in the same augmented state
+    ``[z, int tr]``. Sampling solves from ``t1`` back to 0.
+
+    The field ``f`` is an MLP of ``[z, t]`` (the ODE-Net's field, the same canonical
+    names): hidden layers of widths ``field_hidden`` with ``field_activation``, then a
+    linear layer back to the state. Parameters ``field.{i}.weight`` ``(fan_in,
+    fan_out)`` and ``field.{i}.bias`` for each layer ``i``.
+
+    ``trace`` is the training estimator of ``tr(df/dz)``: ``"exact"`` (a forward-mode
+    pass with ``n_features`` tangents) or ``"hutchinson"`` (one tangent, the probe
+    vector of the batch). ``regularize``: the state also integrates RNODE's kinetic
+    energy and Jacobian Frobenius norm (two more channels; their weights are values of a
+    :class:`CNFHyper`).
+    """
+
+    family: ClassVar[str] = "density"
+
+    n_features: int
+    field_hidden: tuple[int, ...]
+    field_activation: str
+    trace: str = "exact"
+    regularize: bool = False
+    dtype: str = "float32"
+
+    @property
+    def field_sizes(self) -> tuple[int, ...]:
+        """Widths of the field's layers, input (state and time) to output."""
+        return (self.n_features + 1, *self.field_hidden, self.n_features)
+
+    @property
+    def n_field_layers(self) -> int:
+        return len(self.field_sizes) - 1
+
+    @property
+    def n_channels(self) -> int:
+        """Integrated channels beside ``z``: the trace, and RNODE's two if regularised."""
+        return 3 if self.regularize else 1
+
+    def param_table(self) -> dict[str, Param]:
+        factor = glorot_factor(self.field_activation)
+        sizes = self.field_sizes
+        table: dict[str, Param] = {}
+        for i in range(self.n_field_layers):
+            table.update(dense_params(f"field.{i}", sizes[i], sizes[i + 1], factor=factor))
         return table

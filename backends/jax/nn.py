@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ACTIVATIONS", "dense", "mlp_field", "log_softmax"]
+__all__ = ["ACTIVATIONS", "SLOPES", "dense", "mlp_field", "mlp_field_jvp", "log_softmax"]
 
 
 def _identity(x: jax.Array) -> jax.Array:
@@ -28,6 +28,16 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "softplus": jax.nn.softplus,
     "logistic": jax.nn.sigmoid,
     "identity": _identity,
+}
+
+
+# Derivatives act'(x) as functions of (x, act(x)), as the reference engine's.
+SLOPES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "tanh": lambda x, y: 1.0 - y * y,
+    "relu": lambda x, y: (x > 0).astype(x.dtype),
+    "softplus": lambda x, y: jax.nn.sigmoid(x),
+    "logistic": lambda x, y: y * (1.0 - y),
+    "identity": lambda x, y: jnp.ones_like(x),
 }
 
 
@@ -61,6 +71,33 @@ def mlp_field(prefix: str, n_layers: int, activation: str) -> Callable:
             if i < last:
                 h = act(h)
         return h
+
+    return field
+
+
+def mlp_field_jvp(prefix: str, n_layers: int, activation: str) -> Callable:
+    """The field of :func:`mlp_field` with its Jacobian-vector products, by forward mode
+    (``odeplug.reference.nn.mlp_field_jvp``): ``field(t, z, tangents, params) -> (f,
+    jvp)``, ``tangents`` ``(m, k, d)`` or None for the whole Jacobian (``jvp[:, i]`` is
+    ``df/dz_i``). Products at full precision, as :func:`dense`."""
+    act, slope = ACTIVATIONS[activation], SLOPES[activation]
+    highest = jax.lax.Precision.HIGHEST
+
+    def field(t, z, tangents, params: dict):
+        m, d = z.shape
+        column = jnp.broadcast_to(jnp.asarray(t, z.dtype), (m, 1))
+        weight = params[f"{prefix}.0.weight"]
+        h = dense(params, f"{prefix}.0", jnp.concatenate([z, column], axis=1))
+        if tangents is None:
+            jvp = jnp.broadcast_to(weight[:d], (m, d, weight.shape[1]))
+        else:
+            jvp = jnp.matmul(tangents, weight[:d], precision=highest)
+        for i in range(1, n_layers):
+            a = act(h)
+            jvp = jvp * slope(h, a)[:, None, :]
+            h = dense(params, f"{prefix}.{i}", a)
+            jvp = jnp.matmul(jvp, params[f"{prefix}.{i}.weight"], precision=highest)
+        return h, jvp
 
     return field
 

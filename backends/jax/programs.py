@@ -33,7 +33,7 @@ import optax
 
 from odeplug._protocols import ROW_COUNTERS
 from odeplug._solver_options import ODESolveConfig
-from odeplug._specs import Hyper, ODENetSpec
+from odeplug._specs import CNFSpec, Hyper, ODENetSpec
 from odeplug.exceptions import SolverError
 
 from .solve import (
@@ -89,6 +89,10 @@ def make_program(spec: Any):
         from .odenet import ODENetProgram
 
         return ODENetProgram(spec)
+    if isinstance(spec, CNFSpec):
+        from .cnf import CNFProgram
+
+        return CNFProgram(spec)
     raise NotImplementedError(f"the jax engine has no program for {type(spec).__name__}")
 
 

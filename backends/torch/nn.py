@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-__all__ = ["ACTIVATIONS", "dense", "mlp_field", "log_softmax"]
+__all__ = ["ACTIVATIONS", "SLOPES", "dense", "mlp_field", "mlp_field_jvp", "log_softmax"]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -29,6 +29,16 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softplus": F.softplus,
     "logistic": torch.sigmoid,
     "identity": _identity,
+}
+
+
+# Derivatives act'(x) as functions of (x, act(x)), as the reference engine's.
+SLOPES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "tanh": lambda x, y: 1.0 - y * y,
+    "relu": lambda x, y: (x > 0).to(x.dtype),
+    "softplus": lambda x, y: torch.sigmoid(x),
+    "logistic": lambda x, y: y * (1.0 - y),
+    "identity": lambda x, y: torch.ones_like(x),
 }
 
 
@@ -61,6 +71,34 @@ def mlp_field(prefix: str, n_layers: int, activation: str) -> Callable:
             if i < last:
                 h = act(h)
         return h
+
+    return field
+
+
+def mlp_field_jvp(prefix: str, n_layers: int, activation: str) -> Callable:
+    """The field of :func:`mlp_field` with its Jacobian-vector products, by forward mode
+    (``odeplug.reference.nn.mlp_field_jvp``): ``field(t, z, tangents, params) -> (f,
+    jvp)``, ``tangents`` ``(m, k, d)`` or None for the whole Jacobian (``jvp[:, i]`` is
+    ``df/dz_i``)."""
+    act, slope = ACTIVATIONS[activation], SLOPES[activation]
+    last = n_layers - 1
+
+    def field(t: torch.Tensor, z: torch.Tensor, tangents, params: dict):
+        m, d = z.shape
+        column = t.to(z.dtype).expand(m, 1)
+        weight = params[f"{prefix}.0.weight"]
+        h = torch.addmm(params[f"{prefix}.0.bias"], torch.cat([z, column], dim=1), weight)
+        if tangents is None:
+            jvp = weight[:d].expand(m, d, weight.shape[1])
+        else:
+            jvp = tangents @ weight[:d]
+        for i in range(1, last + 1):
+            a = act(h)
+            jvp = jvp * slope(h, a).unsqueeze(1)
+            weight = params[f"{prefix}.{i}.weight"]
+            h = torch.addmm(params[f"{prefix}.{i}.bias"], a, weight)
+            jvp = jvp @ weight
+        return h, jvp
 
     return field
 

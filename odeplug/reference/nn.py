@@ -7,7 +7,8 @@ from collections.abc import Callable
 import autograd.numpy as anp
 from autograd.scipy.special import logsumexp
 
-__all__ = ["ACTIVATIONS", "activations", "dense", "mlp_field", "log_softmax"]
+__all__ = ["ACTIVATIONS", "activation_slopes", "activations", "dense", "mlp_field",
+           "mlp_field_jvp", "log_softmax"]
 
 def activations(xp) -> dict[str, Callable]:
     """Activations written with ``xp``: autograd's NumPy to train, NumPy to predict."""
@@ -21,6 +22,17 @@ def activations(xp) -> dict[str, Callable]:
 
 
 ACTIVATIONS = activations(anp)
+
+
+def activation_slopes(xp) -> dict[str, Callable]:
+    """Derivatives ``act'(x)`` as functions of ``(x, act(x))`` (the cheaper of the two)."""
+    return {
+        "tanh": lambda x, y: 1.0 - y * y,
+        "relu": lambda x, y: xp.where(x > 0, xp.ones_like(x), xp.zeros_like(x)),
+        "softplus": lambda x, y: 0.5 * (xp.tanh(0.5 * x) + 1.0),
+        "logistic": lambda x, y: y * (1.0 - y),
+        "identity": lambda x, y: xp.ones_like(x),
+    }
 
 
 def dense(params: dict, name: str, x):
@@ -41,6 +53,38 @@ def mlp_field(prefix: str, n_layers: int, activation: str, xp=anp) -> Callable:
             if i < n_layers - 1:
                 h = act(h)
         return h
+
+    return field
+
+
+def mlp_field_jvp(prefix: str, n_layers: int, activation: str, xp=anp) -> Callable:
+    """The field of :func:`mlp_field` with its Jacobian-vector products, by forward mode.
+
+    ``field(t, z, tangents, params) -> (f, jvp)``: ``f`` of shape ``(m, d)``; with
+    ``tangents`` of shape ``(m, k, d)``, ``jvp[:, j] = (df/dz) tangents[:, j]``, shape
+    ``(m, k, d)``; with ``tangents=None``, the whole Jacobian ``jvp[:, i, :] = df/dz_i``
+    (``k = d``, the exact trace's). Written with ``xp`` so that autograd differentiates
+    it (training) and NumPy runs it plain (inference); ``t`` is a scalar or ``(m, 1)``.
+    """
+    act = activations(xp)[activation]
+    slope = activation_slopes(xp)[activation]
+
+    def field(t, z, tangents, params):
+        m, d = z.shape
+        weight = params[f"{prefix}.0.weight"]
+        h = xp.concatenate([z, xp.full((m, 1), t, dtype=z.dtype)], axis=1)
+        h = h @ weight + params[f"{prefix}.0.bias"]
+        if tangents is None:  # the rows of the Jacobian of the first layer, per row
+            jvp = weight[:d][None] * xp.ones((m, 1, 1), dtype=z.dtype)
+        else:
+            jvp = tangents @ weight[:d]
+        for i in range(1, n_layers):
+            a = act(h)
+            jvp = jvp * slope(h, a)[:, None, :]
+            weight = params[f"{prefix}.{i}.weight"]
+            h = a @ weight + params[f"{prefix}.{i}.bias"]
+            jvp = jvp @ weight
+        return h, jvp
 
     return field
 

@@ -8,7 +8,7 @@ from typing import Any
 import autograd.numpy as anp
 import numpy as np
 
-from .._specs import Hyper, ODENetSpec
+from .._specs import CNFSpec, Hyper, ODENetSpec
 
 __all__ = ["Adam", "l2_penalty", "make_program"]
 
@@ -26,6 +26,10 @@ def make_program(spec: Any):
         from .odenet import ODENetProgram
 
         return ODENetProgram(spec)
+    if isinstance(spec, CNFSpec):
+        from .cnf import CNFProgram
+
+        return CNFProgram(spec)
     raise NotImplementedError(f"the reference engine has no program for {type(spec).__name__}")
 
 

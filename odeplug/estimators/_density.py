@@ -1,0 +1,488 @@
+"""CNFDensity: the continuous normalizing flow of Chen et al. (2018) as a scikit-learn
+density estimator (FFJORD's trace estimator, RNODE's regularisers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from numbers import Real
+
+import numpy as np
+from sklearn.base import DensityMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .._solver_options import DEFAULT_MAX_NUM_STEPS
+from .._specs import CNFHyper, CNFSpec
+from ._base import COMMON_CONSTRAINTS, FIELD_CONSTRAINTS, ODEEstimatorBase
+from ._sklearn_compat import Interval, StrOptions
+
+__all__ = ["AUTO_EXACT_MAX_FEATURES", "CNFDensity"]
+
+# trace_estimator="auto" trains with the exact trace up to this many features and with
+# Hutchinson's estimate above. The exact trace costs d tangents through the field per
+# evaluation, Hutchinson's one; measured (docs/density.md, tests/benchmarks/
+# bench_density.py --only dimension): the exact trace's epoch time grows with d and
+# overtakes Hutchinson's, whose gradient noise then no longer costs more than it saves.
+AUTO_EXACT_MAX_FEATURES = 8
+
+
+class CNFDensity(DensityMixin, ODEEstimatorBase):
+    """Continuous normalizing flow density estimator (Chen et al. 2018; FFJORD, Grathwohl
+    et al. 2019; RNODE, Finlay et al. 2020).
+
+    Data ``x`` at time 0 (standardised inside the estimator) is carried by
+    ``dz/dt = f(t, z)`` to the base distribution ``N(0, I)`` at ``t1``; ``f`` is an MLP
+    of ``[z, t]``. The log-density follows from the instantaneous change of variables,
+    solved in the same augmented state::
+
+        log p(x) = log N(z(t1); 0, I) + int_0^t1 tr(df/dz(t, z(t))) dt
+
+    Trained by maximum likelihood with Adam on the engine chosen by ``backend``;
+    gradients by the adjoint method by default. Sampling solves from ``t1`` back to 0.
+
+    Parameters
+    ----------
+    backend : str, default=None
+        ``"reference"`` (NumPy + autograd), ``"torch"`` (torchdiffeq) or ``"jax"``
+        (diffrax). None: ``odeplug.set_config``/``config_context``, then the environment
+        variable ``ODEPLUG_BACKEND``, then ``"reference"``. Read again at every call: a
+        model fitted on one engine scores and samples on any other.
+    hidden_layer_sizes : tuple of int, default=(64, 64)
+        Hidden layers of the vector field (none: a linear field, a Gaussian model).
+    field_activation : {"tanh", "softplus", "logistic", "relu", "identity"}, default="tanh"
+        Activation of the field's hidden layers. A smooth one keeps the adaptive
+        solver's steps few and the trace smooth ("relu" has a piecewise constant
+        Jacobian).
+    t1 : float, default=1.0
+        End of the flow: the base distribution is at ``t1``.
+    solver : str, default="dopri5"
+        One of ``odeplug.SOLVERS``. Read again at every call, as ``rtol``, ``atol``,
+        ``step_size`` and ``max_num_steps``: ``set_params(rtol=1e-6)`` after fitting
+        scores and samples more precisely without refitting.
+    rtol, atol : float, default=1e-3, 1e-5
+        Tolerances of adaptive solvers.
+    step_size : float, default=None
+        Step of fixed-step solvers (required by them).
+    adjoint : bool or BacksolveAdjoint, default=True
+        Gradients by the adjoint method (memory constant in the number of steps), or by
+        backpropagation through the solver (False).
+    max_num_steps : int, default=4096
+        Step budget of each solve.
+    trace_estimator : {"auto", "exact", "hutchinson"}, default="auto"
+        How training computes ``tr(df/dz)``: exactly (``d`` forward-mode tangents per
+        evaluation) or by Hutchinson's unbiased estimate ``e^T (df/dz) e`` with one
+        Rademacher probe ``e`` per sample and minibatch, drawn from ``random_state``.
+        "auto": exact up to :data:`AUTO_EXACT_MAX_FEATURES` features, Hutchinson above.
+        Scoring always uses the exact trace.
+    kinetic_energy, jacobian_norm : float, default=0.0
+        RNODE's regulariser weights: the loss adds ``kinetic_energy * int |f|^2 dt`` and
+        ``jacobian_norm * int |df/dz|_F^2 dt`` (means over the batch; the Frobenius
+        norm by the same estimator as the trace), integrated as two more channels of the
+        state. They make the flow straighter and cheaper to solve. Either one positive
+        adds the channels (another compilation on JAX than both zero).
+    alpha : float, default=1e-4
+        L2 penalty ``0.5 * alpha * sum(W**2) / batch_size`` on the field's weights.
+    batch_size : int or "auto", default="auto"
+        Minibatch size; "auto" is ``min(200, n_samples)``.
+    learning_rate_init : float, default=5e-3
+        Adam's step size.
+    max_iter : int, default=100
+        Maximum number of epochs.
+    tol : float, default=1e-4
+        Improvement of the loss (or of the held-out log-likelihood) that counts as
+        progress.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data and stop when its mean
+        log-likelihood stops improving; keep the best parameters.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=10
+        Epochs without progress before stopping.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial parameters, the minibatch order, Hutchinson's probes and the
+        validation split, on every engine (no global seed is touched).
+    verbose : int, default=0
+        Progress bar with loss and NFE per epoch.
+    warm_start : bool, default=False
+        Continue from the fitted parameters (and standardisation) on the next ``fit``.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only when X has string feature names.
+    mean_, scale_ : ndarray of shape (n_features_in_,)
+        The standardisation of the first fit (``scale_`` 1 for a constant feature); its
+        log-determinant is added back, so densities are of ``X`` in its own units.
+    backend_ : str
+        The engine that fitted the model.
+    params_ : dict of str to ndarray
+        Canonical parameters of the field (the same names and shapes on every engine).
+    loss_curve_ : list of float
+        Training loss of each epoch: the negative log-likelihood of the standardised
+        data (nats per sample), plus the regularisers and the L2 penalty.
+    curves_ : dict of str to list
+        Every metric per epoch: ``loss``, ``nll``, ``nfe_forward``, ``nfe_backward`` and,
+        with a regulariser, ``kinetic_energy`` and ``jacobian_norm``.
+    best_loss_ : float or None
+        Lowest training loss (None with early stopping).
+    validation_scores_ : list of float or None
+        Held-out mean log-likelihood of each epoch (early stopping only).
+    best_validation_score_ : float or None
+    n_iter_ : int
+        Epochs run.
+    t_ : int
+        Training samples seen.
+    nfe_ : dict
+        ``{"forward": ..., "backward": ...}``: mean function evaluations per minibatch in
+        the last epoch (backward is None where the engine does not report it).
+
+    See Also
+    --------
+    sklearn.mixture.GaussianMixture : Its ``score`` is also a mean per sample.
+    sklearn.neighbors.KernelDensity : Its ``score`` is the *total* log-likelihood.
+
+    Notes
+    -----
+    ``score(X)`` is the mean log-likelihood per sample, as ``GaussianMixture.score``;
+    ``KernelDensity.score`` returns the sum over samples instead. Each row is scored,
+    transformed or sampled with its own adaptive steps, so a result does not depend on
+    the other rows; :meth:`inference_stats` reports the cost per row.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_moons
+    >>> from odeplug import CNFDensity
+    >>> X, _ = make_moons(200, noise=0.05, random_state=0)
+    >>> cnf = CNFDensity(hidden_layer_sizes=(16, 16), max_iter=3, random_state=0).fit(X)
+    >>> cnf.score_samples(X[:3]).shape
+    (3,)
+    >>> cnf.sample(4, random_state=0).shape
+    (4, 2)
+    >>> cnf.transform(X[:2]).shape  # the data carried to N(0, I)
+    (2, 2)
+    """
+
+    def __init__(
+        self,
+        backend=None,
+        hidden_layer_sizes=(64, 64),
+        field_activation="tanh",
+        t1=1.0,
+        solver="dopri5",
+        rtol=1e-3,
+        atol=1e-5,
+        step_size=None,
+        adjoint=True,
+        max_num_steps=DEFAULT_MAX_NUM_STEPS,
+        trace_estimator="auto",
+        kinetic_energy=0.0,
+        jacobian_norm=0.0,
+        alpha=1e-4,
+        batch_size="auto",
+        learning_rate_init=5e-3,
+        max_iter=100,
+        tol=1e-4,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.backend = backend
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.field_activation = field_activation
+        self.t1 = t1
+        self.solver = solver
+        self.rtol = rtol
+        self.atol = atol
+        self.step_size = step_size
+        self.adjoint = adjoint
+        self.max_num_steps = max_num_steps
+        self.trace_estimator = trace_estimator
+        self.kinetic_energy = kinetic_energy
+        self.jacobian_norm = jacobian_norm
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    _parameter_constraints: dict = {
+        **COMMON_CONSTRAINTS,
+        **FIELD_CONSTRAINTS,
+        "trace_estimator": [StrOptions({"auto", "exact", "hutchinson"})],
+        "kinetic_energy": [Interval(Real, 0, None, closed="left")],
+        "jacobian_norm": [Interval(Real, 0, None, closed="left")],
+    }
+
+    # ------------------------------------------------------------------ spec
+
+    def _trace_of(self, n_features: int) -> str:
+        if self.trace_estimator == "auto":
+            return "exact" if n_features <= AUTO_EXACT_MAX_FEATURES else "hutchinson"
+        return self.trace_estimator
+
+    def _spec_of(self, n_features: int, dtype: str) -> CNFSpec:
+        sizes = (() if isinstance(self.hidden_layer_sizes, (tuple, list))
+                 and len(self.hidden_layer_sizes) == 0
+                 else self._positive_sizes("hidden_layer_sizes", self.hidden_layer_sizes))
+        return CNFSpec(
+            n_features=n_features, field_hidden=sizes, field_activation=self.field_activation,
+            trace=self._trace_of(n_features),
+            regularize=bool(self.kinetic_energy > 0 or self.jacobian_norm > 0), dtype=dtype)
+
+    def _hyper(self, **values) -> CNFHyper:
+        hyper = CNFHyper(
+            solve=self._solve_config(), t1=float(self.t1),
+            learning_rate=float(self.learning_rate_init), alpha=float(self.alpha),
+            kinetic_energy=float(self.kinetic_energy), jacobian_norm=float(self.jacobian_norm))
+        return dataclasses.replace(hyper, **values)
+
+    @staticmethod
+    def _noise_drawer(spec: CNFSpec):
+        """Hutchinson's Rademacher probes, drawn by the training loop from the fit's
+        generator and passed in the batch (None with the exact trace)."""
+        if spec.trace != "hutchinson":
+            return None
+        dtype, d = np.dtype(spec.dtype), spec.n_features
+
+        def draw(rng: np.random.RandomState, n_rows: int):
+            return ((2 * rng.randint(0, 2, size=(n_rows, d)) - 1).astype(dtype),)
+
+        return draw
+
+    # ------------------------------------------------------------------- fit
+
+    def fit(self, X, y=None):
+        """Fit the flow to data X by maximum likelihood.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data, at least 2 samples.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : CNFDensity
+            The fitted estimator.
+
+        Raises
+        ------
+        TrainingDivergedError
+            The loss became non-finite or exploded, or a solve failed. A fresh fit keeps
+            the last parameters whose loss was finite; with ``warm_start`` the estimator
+            keeps its previous fit.
+        """
+        return self._fit_transaction(self._fit, X, incremental=False)
+
+    def partial_fit(self, X, y=None):
+        """One epoch over X, continuing from the current parameters.
+
+        The first call fixes the standardisation (``mean_``, ``scale_``) from its X.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : CNFDensity
+            The updated estimator.
+
+        Raises
+        ------
+        ValueError
+            ``early_stopping=True`` (as ``MLPClassifier``: partial_fit has no
+            validation split).
+        TrainingDivergedError
+            The estimator keeps its parameters from before the call.
+        """
+        return self._fit_transaction(self._fit, X, incremental=True)
+
+    def _fit(self, X, *, incremental: bool):
+        if incremental:
+            self._check_partial_fit_params()
+        first_call = not (incremental or self.warm_start) or not hasattr(self, "params_")
+        X = validate_data(self, X, reset=first_call, dtype=(np.float64, np.float32),
+                          ensure_min_samples=2)
+        engine = self._engine()
+        self._solve_config()  # solver settings, checked before anything is built
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        dtype = engine.default_dtype if first_call else self._spec.dtype
+        spec = self._spec_of(X.shape[1], dtype)
+        params, history = self._start(engine, spec, first_call=first_call, seed=seed)
+        if first_call:
+            mean = X.mean(axis=0, dtype=np.float64)
+            scale = X.std(axis=0, dtype=np.float64)
+            scale[~(scale > 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean)))] = 1.0
+            self.mean_, self.scale_ = mean, scale
+        X = self._standardize(X).astype(spec.dtype)
+        return self._train_program(engine, spec, params, X, rng=rng, history=history,
+                                   incremental=incremental, first_call=first_call)
+
+    def _train_program(self, engine, spec: CNFSpec, params, X, *, rng, history,
+                       incremental: bool, first_call: bool):
+        """The training of a fit, in one place: the data (standardised), the step's noise,
+        the validation score of early stopping, and the shared loop."""
+        validation_score = None
+        if self.early_stopping and not incremental:
+            X, X_val = train_test_split(X, test_size=self.validation_fraction,
+                                        random_state=rng)
+            program = engine.make_program(spec)
+            hyper = self._hyper()
+            offset = float(np.sum(np.log(self.scale_)))
+
+            def validation_score(current):
+                log_p, _ = program.log_density(current, X_val, hyper)
+                return float(np.mean(log_p)) - offset
+
+        return self._run_training(
+            engine, spec, params, (X,), rng=rng, history=history, continuing=not first_call,
+            max_iter=1 if incremental else int(self.max_iter),
+            validation_score=validation_score, draw_noise=self._noise_drawer(spec))
+
+    # -------------------------------------------------------------- inference
+
+    def _standardize(self, X) -> np.ndarray:
+        return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+
+    def _checked(self, X) -> np.ndarray:
+        check_is_fitted(self, "params_")
+        return validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+
+    def _score_and_stats(self, X):
+        X = self._checked(X)
+        log_p, stats = self._infer("log_density", self._standardize(X))
+        return np.asarray(log_p, np.float64) - float(np.sum(np.log(self.scale_))), stats
+
+    def score_samples(self, X):
+        """Log-density of each sample, in the units of X.
+
+        Exact trace, whatever the training estimator; each row solved with its own
+        adaptive steps and the current solver settings.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+
+        Raises
+        ------
+        SolverError
+            A row's solve failed: the error names the row, the reason and the time.
+        """
+        return self._score_and_stats(X)[0]
+
+    def score(self, X, y=None):
+        """Mean log-likelihood per sample (as ``GaussianMixture.score``; note that
+        ``KernelDensity.score`` is the total).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        log_likelihood : float
+        """
+        return float(np.mean(self.score_samples(X)))
+
+    def transform(self, X):
+        """The data carried to the base distribution: ``z(t1)``, Gaussian if the fit
+        is good.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features)
+        """
+        X = self._checked(X)
+        return np.asarray(self._infer("transform", self._standardize(X))[0], np.float64)
+
+    def inverse_transform(self, Z):
+        """Base points carried back to data space: the reverse solve from ``t1`` to 0.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        """
+        check_is_fitted(self, "params_")
+        Z = validate_data(self, Z, reset=False, dtype=(np.float64, np.float32))
+        X_std = np.asarray(self._infer("inverse_transform", np.asarray(Z, np.float64))[0])
+        return X_std * self.scale_ + self.mean_
+
+    def sample(self, n_samples=1, random_state=None):
+        """Draw samples: base draws ``N(0, I)`` carried back to data space.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of samples, at least 1.
+        random_state : int, RandomState instance or None, default=None
+            Seeds the base draws.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from odeplug import CNFDensity
+        >>> X = np.random.default_rng(0).normal(size=(50, 2))
+        >>> cnf = CNFDensity(hidden_layer_sizes=(8,), max_iter=2, random_state=0).fit(X)
+        >>> cnf.sample(3, random_state=0).shape
+        (3, 2)
+        """
+        check_is_fitted(self, "params_")
+        if (isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral)
+                or n_samples < 1):
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        rng = check_random_state(random_state)
+        Z = rng.standard_normal((int(n_samples), self.n_features_in_))
+        X_std = np.asarray(self._infer("inverse_transform", Z)[0])
+        return X_std * self.scale_ + self.mean_
+
+    def inference_stats(self, X) -> dict[str, np.ndarray]:
+        """Solver cost of scoring each row of X with the current settings.
+
+        Leaves the estimator unchanged.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        stats : dict of str to ndarray of shape (n_samples,)
+            ``nfe_forward`` (function evaluations), ``n_steps`` and ``n_rejected`` of
+            each row's solve.
+        """
+        return {k: np.asarray(v) for k, v in self._score_and_stats(X)[1].items()}
