@@ -13,6 +13,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._flow_matching import OBJECTIVES, FlowMatching, FlowMatchingSpec
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
 from .._specs import CNFHyper, CNFSpec
 from ._base import COMMON_CONSTRAINTS, FIELD_CONSTRAINTS, ODEEstimatorBase
@@ -26,6 +27,9 @@ __all__ = ["AUTO_EXACT_MAX_FEATURES", "CNFDensity"]
 # bench_density.py --only dimension): the exact trace's epoch time grows with d and
 # overtakes Hutchinson's, whose gradient noise then no longer costs more than it saves.
 AUTO_EXACT_MAX_FEATURES = 8
+
+# Flow matching's default path width at the data end (odeplug._flow_matching).
+SIGMA_MIN = 1e-2
 
 
 class CNFDensity(DensityMixin, ODEEstimatorBase):
@@ -179,6 +183,9 @@ class CNFDensity(DensityMixin, ODEEstimatorBase):
         trace_estimator="auto",
         kinetic_energy=0.0,
         jacobian_norm=0.0,
+        objective="maximum_likelihood",
+        ot_pairing=True,
+        sigma_min=SIGMA_MIN,
         alpha=1e-4,
         batch_size="auto",
         learning_rate_init=5e-3,
@@ -204,6 +211,9 @@ class CNFDensity(DensityMixin, ODEEstimatorBase):
         self.trace_estimator = trace_estimator
         self.kinetic_energy = kinetic_energy
         self.jacobian_norm = jacobian_norm
+        self.objective = objective
+        self.ot_pairing = ot_pairing
+        self.sigma_min = sigma_min
         self.alpha = alpha
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
@@ -222,6 +232,9 @@ class CNFDensity(DensityMixin, ODEEstimatorBase):
         "trace_estimator": [StrOptions({"auto", "exact", "hutchinson"})],
         "kinetic_energy": [Interval(Real, 0, None, closed="left")],
         "jacobian_norm": [Interval(Real, 0, None, closed="left")],
+        "objective": [StrOptions(set(OBJECTIVES))],
+        "ot_pairing": ["boolean"],
+        "sigma_min": [Interval(Real, 0, 1, closed="left")],
     }
 
     # ------------------------------------------------------------------ spec
@@ -354,7 +367,26 @@ class CNFDensity(DensityMixin, ODEEstimatorBase):
         return self._run_training(
             engine, spec, params, (X,), rng=rng, history=history, continuing=not first_call,
             max_iter=1 if incremental else int(self.max_iter),
-            validation_score=validation_score, draw_noise=self._noise_drawer(spec))
+            validation_score=validation_score, **self._objective(engine, spec))
+
+    def _objective(self, engine, spec: CNFSpec) -> dict:
+        """What the training loop takes for the objective: maximum likelihood's step
+        noise (its program is the CNF's own), or flow matching's program and batches
+        (``odeplug._flow_matching``: paths, pairings and times drawn from the fit's
+        generator, a solver-free step; the fitted model is the same CNF)."""
+        if self.objective == "maximum_likelihood":
+            return {"draw_noise": self._noise_drawer(spec)}
+        if self.kinetic_energy > 0 or self.jacobian_norm > 0:
+            raise ValueError(
+                "kinetic_energy and jacobian_norm regularise the trajectories that "
+                "maximum-likelihood training solves; objective='flow_matching' solves none "
+                f"(got kinetic_energy={self.kinetic_energy!r}, jacobian_norm="
+                f"{self.jacobian_norm!r}): set them to 0, or use ot_pairing=True for "
+                "straighter flows")
+        paths = FlowMatching(sigma_min=float(self.sigma_min), ot_pairing=bool(self.ot_pairing),
+                             t1=float(self.t1), dtype=spec.dtype)
+        return {"program": engine.make_program(FlowMatchingSpec(spec)),
+                "prepare_batch": paths.batch}
 
     # -------------------------------------------------------------- inference
 
