@@ -329,6 +329,7 @@ class CNFDensity(DensityMixin, ODEEstimatorBase):
     def _fit(self, X, *, incremental: bool):
         if incremental:
             self._check_partial_fit_params()
+        self._check_objective()
         first_call = not (incremental or self.warm_start) or not hasattr(self, "params_")
         X = validate_data(self, X, reset=first_call, dtype=(np.float64, np.float32),
                           ensure_min_samples=2)
@@ -369,6 +370,16 @@ class CNFDensity(DensityMixin, ODEEstimatorBase):
             max_iter=1 if incremental else int(self.max_iter),
             validation_score=validation_score, **self._objective(engine, spec))
 
+    def _check_objective(self) -> None:
+        if self.objective == "flow_matching" and (self.kinetic_energy > 0
+                                                  or self.jacobian_norm > 0):
+            raise ValueError(
+                "kinetic_energy and jacobian_norm regularise the trajectories that "
+                "maximum-likelihood training solves; objective='flow_matching' solves none "
+                f"(got kinetic_energy={self.kinetic_energy!r}, jacobian_norm="
+                f"{self.jacobian_norm!r}): set them to 0, or use ot_pairing=True for "
+                "straighter flows")
+
     def _objective(self, engine, spec: CNFSpec) -> dict:
         """What the training loop takes for the objective: maximum likelihood's step
         noise (its program is the CNF's own), or flow matching's program and batches
@@ -376,13 +387,6 @@ class CNFDensity(DensityMixin, ODEEstimatorBase):
         generator, a solver-free step; the fitted model is the same CNF)."""
         if self.objective == "maximum_likelihood":
             return {"draw_noise": self._noise_drawer(spec)}
-        if self.kinetic_energy > 0 or self.jacobian_norm > 0:
-            raise ValueError(
-                "kinetic_energy and jacobian_norm regularise the trajectories that "
-                "maximum-likelihood training solves; objective='flow_matching' solves none "
-                f"(got kinetic_energy={self.kinetic_energy!r}, jacobian_norm="
-                f"{self.jacobian_norm!r}): set them to 0, or use ot_pairing=True for "
-                "straighter flows")
         paths = FlowMatching(sigma_min=float(self.sigma_min), ot_pairing=bool(self.ot_pairing),
                              t1=float(self.t1), dtype=spec.dtype)
         return {"program": engine.make_program(FlowMatchingSpec(spec)),
