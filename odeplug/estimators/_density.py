@@ -8,7 +8,7 @@ import numbers
 from numbers import Real
 
 import numpy as np
-from sklearn.base import DensityMixin
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -32,7 +32,8 @@ AUTO_EXACT_MAX_FEATURES = 8
 SIGMA_MIN = 1e-2
 
 
-class CNFDensity(DensityMixin, ODEEstimatorBase):
+class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin,
+                 ODEEstimatorBase):
     """Continuous normalizing flow density estimator (Chen et al. 2018; FFJORD, Grathwohl
     et al. 2019; RNODE, Finlay et al. 2020).
 
@@ -393,6 +394,11 @@ class CNFDensity(DensityMixin, ODEEstimatorBase):
                 "prepare_batch": paths.batch}
 
     # -------------------------------------------------------------- inference
+
+    @property
+    def _n_features_out(self) -> int:
+        """Width of :meth:`transform`'s output (``get_feature_names_out``)."""
+        return self.n_features_in_
 
     def _standardize(self, X) -> np.ndarray:
         return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from odeplug import ODEClassifier
+from odeplug import CNFDensity, ODEClassifier
 from tests.estimators.test_classifier import installed_engines
 
 # A small, quickly trained model: the checks fit dozens of times on tiny data sets and
@@ -13,6 +13,12 @@ from tests.estimators.test_classifier import installed_engines
 CHECKED = [
     ODEClassifier(backend=name, hidden_layer_sizes=(8, 8), max_iter=40, learning_rate_init=0.05,
                   alpha=1e-4, rtol=1e-2, atol=1e-3)
+    for name in installed_engines()
+] + [
+    # Density checks ask for no accuracy: a few epochs of a small field, on fixed steps
+    # (the checks fit on many shapes, and fixed steps compile fastest on JAX).
+    CNFDensity(backend=name, hidden_layer_sizes=(8,), max_iter=5, learning_rate_init=0.01,
+               solver="rk4", step_size=0.5)
     for name in installed_engines()
 ]
 
