@@ -56,8 +56,8 @@ SCORE_TOL = dict(rtol=1e-5, atol=1e-5)
 # Maximum likelihood: the estimator's defaults, scored after these epochs (cumulative).
 ML_CHECKPOINTS = (10, 30, 60, 100)
 # Flow matching: (step size, epochs) phases, scored after each.
-FM_PHASES = ((1e-2, 150), (1e-2, 350), (1e-2, 500), (2e-3, 300), (4e-4, 200))
-FM_PARAMS = dict(objective="flow_matching", batch_size=256, sigma_min=0.02, tol=0.0)
+FM_PHASES = ((1e-2, 100), (1e-2, 200), (1e-2, 300), (2e-3, 120), (4e-4, 80))
+FM_PARAMS = dict(objective="flow_matching", batch_size=256, tol=0.0)
 
 
 # ------------------------------------------------------------------------- data
