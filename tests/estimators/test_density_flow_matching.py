@@ -218,3 +218,11 @@ def test_a_flow_matching_model_saves_and_loads():
     loaded = odeplug.load(io.BytesIO(buffer.getvalue()))
     assert loaded.get_params()["objective"] == "flow_matching"
     np.testing.assert_array_equal(loaded.score_samples(X[:3]), model.score_samples(X[:3]))
+
+
+def test_partial_fit_trains_one_epoch_by_flow_matching():
+    X = two_blobs(100, seed=8)
+    model = fm(backend="reference", hidden_layer_sizes=(4,), batch_size=50)
+    model.partial_fit(X).partial_fit(X)
+    assert model.n_iter_ == 2 and model.t_ == 200
+    assert model.curves_["nfe_forward"] == [1, 1]
