@@ -107,39 +107,54 @@ def measure(backend, quick):
 # ----------
 
 
-def draw(curves_by_data, output):
+def draw(curves_by_data, output, references=None, timing="compilation excluded"):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(curves_by_data)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    columns = min(2, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows),
+                             squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
         for label, points in curves_by_data[name].items():
             t, ll = np.asarray(points)[:, 0], np.asarray(points)[:, 1]
             ax.plot(t, ll, STYLES[label], label=LABELS[label], markersize=4)
+        if references and name in references:
+            ax.axhline(references[name], color="gray", linestyle="--",
+                       label="GaussianMixture (BIC)")
         ax.set_xscale("log")
-        ax.set_xlabel("fit time (s, compilation included)")
-        ax.set_ylabel("held-out log-likelihood (nats per sample)")
-        ax.set_title(f"{name}: held-out log-likelihood vs fit time")
+        ax.set_xlabel(f"fit time (s, {timing}, log scale)")
+        ax.set_ylabel("held-out log-likelihood (nats/sample)")
+        ax.set_title(name)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    fig.suptitle("CNFDensity: held-out log-likelihood against fit time, by training "
+                 "objective (each point a checkpoint)")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(output, dpi=120)
     print(f"saved {output}")
 
 
 def from_json(path):
     results = json.loads(open(path).read())["results"]
-    return {name: {label: [p[:2] for p in row[label]["curve"]] for label in LABELS}
-            for name, row in results.items()}
+    curves = {name: {label: [p[:2] for p in row[label]["curve"]] for label in LABELS}
+              for name, row in results.items()}
+    return curves, {name: row["gmm"]["ll"] for name, row in results.items()}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    curves = from_json(args.from_json) if args.from_json else measure(args.backend, args.quick)
-    draw(curves, args.output)
+    if args.from_json:
+        curves, references = from_json(args.from_json)
+    else:
+        curves, references = measure(args.backend, args.quick), None
+    draw(curves, args.output, references)
 
 
 if __name__ == "__main__":
