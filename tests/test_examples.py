@@ -28,6 +28,18 @@ def test_digits_example(tmp_path):
 
 
 @pytest.mark.slow
+def test_cnf_density_example(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "cnf_density.py"), "--quick", "--backend",
+         "torch", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=True)
+    assert "held-out mean log-likelihood:" in out.stdout
+    for name in ("cnf_density.png", "cnf_samples.png", "cnf_flow.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name
+
+
+@pytest.mark.slow
 def test_flow_matching_example(tmp_path):
     pytest.importorskip("matplotlib")
     figure = tmp_path / "ll_vs_time.png"

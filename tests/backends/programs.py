@@ -73,3 +73,45 @@ def assert_evaluate_keeps_state(program, state, batch, hyper, snapshot, *, loss_
     stepped = snapshot(new_state)
     assert any(not np.array_equal(stepped[key], value) for key, value in before.items())
     return metrics, step_metrics
+
+
+# ------------------------------------------------------------------------ the CNF
+
+
+def cnf_batch(n=12, seed=1, dtype=np.float32, hutchinson=False):
+    """A CNF batch ``(X,)`` of ``n`` rows, 3 features, or ``(X, noise)`` (Rademacher)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3)).astype(dtype)
+    if not hutchinson:
+        return (X,)
+    return X, (2 * rng.integers(0, 2, (n, 3)) - 1).astype(dtype)
+
+
+def cnf_spec_and_hyper(solve, *, trace="exact", regularize=True, field_hidden=(7,),
+                       field_activation="tanh", dtype="float32", **values):
+    """``(CNFSpec, CNFHyper)`` of the tests' flow (3 features); ``values`` override the
+    hyper's (by default ``t1`` 0.7, learning rate 1e-2, ``alpha`` 0.5, RNODE's weights
+    0.1 and 0.2)."""
+    from odeplug._specs import CNFHyper, CNFSpec
+
+    spec = CNFSpec(n_features=3, field_hidden=field_hidden, field_activation=field_activation,
+                   trace=trace, regularize=regularize, dtype=dtype)
+    hyper = dict(t1=0.7, learning_rate=1e-2, alpha=0.5, kinetic_energy=0.1, jacobian_norm=0.2)
+    hyper.update(values)
+    return spec, CNFHyper(solve=solve, **hyper)
+
+
+def assert_cnf_inference_matches(program, reference, spec, hyper, *, rtol):
+    """log_density, transform and inverse_transform of an engine against the
+    reference's, from the same float parameters; per-row counters of the right shape."""
+    params = spec.init_params(3)
+    X = cnf_batch(n=7, seed=4, dtype=np.float64)[0]
+    for entry in ("log_density", "transform", "inverse_transform"):
+        got, stats = getattr(program, entry)(params, X, hyper)
+        expected, ref_stats = getattr(reference, entry)(params, X, hyper)
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol, err_msg=entry)
+        assert stats["nfe_forward"].shape == (7,) and np.all(stats["nfe_forward"] > 0)
+        np.testing.assert_array_equal(stats["n_steps"], ref_stats["n_steps"], err_msg=entry)
+        empty, empty_stats = getattr(program, entry)(params, X[:0], hyper)
+        assert empty.shape[0] == 0 and empty_stats["nfe_forward"].shape == (0,)

@@ -182,7 +182,7 @@ def _first_moments(engine_name, state):
     if engine_name == "torch":
         return {k: state["opt"].state[p]["exp_avg"].numpy()
                 for k, p in state["params"].items()}
-    return {k: np.asarray(v) for k, v in state["opt"][0].mu.items()}
+    return {k: np.asarray(v) for k, v in state["opt"].mu.items()}
 
 
 @pytest.mark.parametrize("trace, adjoint", [("exact", False), ("hutchinson", True)])
@@ -427,10 +427,13 @@ def test_pipeline_cross_val_score_clone_and_pickle(fitted):
 
 
 def test_grid_search_over_engines_sizes_and_kinetic_energy_in_parallel():
-    grid = {"backend": installed_engines(), "hidden_layer_sizes": [(8,), (16, 16)],
+    # Fixed steps and one epoch: the grid's 4 architectures compile fast on JAX (once per
+    # worker; the two folds share a batch shape).
+    grid = {"backend": installed_engines(), "hidden_layer_sizes": [(4,), (8,)],
             "kinetic_energy": [0.0, 0.1]}
-    search = GridSearchCV(small(max_iter=3), grid, cv=2, n_jobs=2).fit(X_MOONS)
+    base = small(max_iter=1, solver="rk4", step_size=0.5)
+    search = GridSearchCV(base, grid, cv=2, n_jobs=2).fit(X_MOONS)
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
-    assert search.best_estimator_.score(X_TEST) == pytest.approx(
-        search.best_estimator_.score(X_TEST))
     assert len(search.cv_results_["params"]) == 4 * len(installed_engines())
+    best = search.best_estimator_
+    assert best.backend_ == best.backend and np.isfinite(best.score(X_TEST))
