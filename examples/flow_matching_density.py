@@ -41,8 +41,10 @@ from odeplug import CNFDensity
 
 LABELS = {"maximum_likelihood": "maximum likelihood",
           "flow_matching": "flow matching (independent pairing)",
-          "flow_matching_ot": "flow matching (OT pairing)"}
-STYLES = {"maximum_likelihood": "o-", "flow_matching": "s-", "flow_matching_ot": "^-"}
+          "flow_matching_ot": "flow matching (OT pairing)",
+          "flow_matching_long": "flow matching (independent, 4x the epochs)"}
+STYLES = {"maximum_likelihood": "o-", "flow_matching": "s-", "flow_matching_ot": "^-",
+          "flow_matching_long": "s:"}
 
 
 def parse_args(argv=None):
@@ -143,7 +145,8 @@ def draw(curves_by_data, output, references=None, timing="compilation excluded")
 
 def from_json(path):
     results = json.loads(open(path).read())["results"]
-    curves = {name: {label: [p[:2] for p in row[label]["curve"]] for label in LABELS}
+    curves = {name: {label: [p[:2] for p in row[label]["curve"]] for label in LABELS
+                     if label in row}
               for name, row in results.items()}
     return curves, {name: row["gmm"]["ll"] for name, row in results.items()}
 
