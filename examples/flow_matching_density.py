@@ -135,10 +135,10 @@ def draw(curves_by_data, output, references=None, timing="compilation excluded")
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=9)
     fig.suptitle("CNFDensity: held-out log-likelihood against fit time, by training "
                  "objective (each point a checkpoint)")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(output, dpi=120)
     print(f"saved {output}")
 
