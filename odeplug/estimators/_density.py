@@ -107,8 +107,9 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         Flow matching only: pair each minibatch's base draws with its data by exact
         optimal transport (squared Euclidean cost, ``scipy.optimize.
         linear_sum_assignment``; OT-CFM, Tong et al. 2023), else independently. OT
-        pairing gives straighter flows (fewer steps to sample) and costs a cubic
-        assignment per minibatch (milliseconds at 256 rows).
+        pairing gives straighter flows (fewer steps to sample) and costs an
+        assignment per minibatch, cubic in its size (about 20 ms at 256 rows on a
+        loaded 2-core machine, several times the step; ``docs/density.md``).
     sigma_min : float in [0, 1), default=0.01
         Flow matching only: the path's width at the data end, in standardised units
         (the path runs from ``x + sigma_min * e`` at 0 to ``e`` at ``t1``, ``e`` the
