@@ -114,6 +114,8 @@ def train(
     n_iter_no_change: int,
     validation_score: Callable[[dict[str, np.ndarray]], float] | None = None,
     draw_noise: Callable[[np.random.RandomState, int], tuple[np.ndarray, ...]] | None = None,
+    prepare_batch: Callable[[np.random.RandomState, tuple[np.ndarray, ...]],
+                            tuple[np.ndarray, ...]] | None = None,
     verbose: int = 0,
     desc: str = "fit",
 ) -> TrainingOutcome:
@@ -138,6 +140,10 @@ def train(
     draw_noise : callable, optional
         ``draw_noise(rng, n_rows) -> arrays`` appended to every batch: the randomness of
         a step, drawn from the estimator's generator.
+    prepare_batch : callable, optional
+        ``prepare_batch(rng, batch) -> batch``: what the step takes, made from the
+        minibatch (after ``draw_noise``) with draws from the estimator's generator, for
+        randomness that depends on the data (flow matching's paths and pairings).
 
     Raises
     ------
@@ -155,6 +161,14 @@ def train(
     progress = _progress(max_iter, verbose, desc)
     converged = False
 
+    def minibatch(idx: np.ndarray) -> tuple[np.ndarray, ...]:
+        batch = tuple(a[idx] for a in arrays)
+        if draw_noise is not None:
+            batch += draw_noise(rng, len(idx))
+        if prepare_batch is not None:
+            batch = prepare_batch(rng, batch)
+        return batch
+
     def check(metrics: dict, what: str) -> float:
         loss = float(metrics["loss"])
         if not math.isfinite(loss):
@@ -171,9 +185,7 @@ def train(
             sums: dict[str, float | None] = {}
             batches = epoch_batches(n_samples, batch_size, rng)
             for idx in batches:
-                batch = tuple(a[idx] for a in arrays)
-                if draw_noise is not None:
-                    batch += draw_noise(rng, len(idx))
+                batch = minibatch(idx)
                 before = program.get_params(state)
                 try:
                     state, metrics = program.step(state, batch, current)
@@ -217,9 +229,7 @@ def train(
                 converged = True
                 break
         # The last step's parameters have no loss yet: compute one, without a step.
-        batch = tuple(a[batches[-1]] for a in arrays)
-        if draw_noise is not None:
-            batch += draw_noise(rng, len(batches[-1]))
+        batch = minibatch(batches[-1])
         try:
             check(program.evaluate(state, batch, hyper_at(history.n_iter)),
                   "after the last step")

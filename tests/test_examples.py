@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,3 +37,17 @@ def test_cnf_density_example(tmp_path):
     assert "held-out mean log-likelihood:" in out.stdout
     for name in ("cnf_density.png", "cnf_samples.png", "cnf_flow.png"):
         assert (tmp_path / name).stat().st_size > 10_000, name
+
+
+@pytest.mark.slow
+def test_flow_matching_example(tmp_path):
+    pytest.importorskip("matplotlib")
+    figure = tmp_path / "ll_vs_time.png"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "flow_matching_density.py"), "--backend",
+         "reference", "--quick", "--output", str(figure)],
+        capture_output=True, text=True, timeout=600, check=True)
+    lines = [line for line in out.stdout.splitlines() if "held-out LL" in line]
+    assert len(lines) == 4 + 5 + 5  # every stage of the three fits is scored
+    assert all(np.isfinite(float(line.split()[-1])) for line in lines)
+    assert figure.stat().st_size > 10_000

@@ -147,3 +147,23 @@ def test_noise_is_drawn_per_batch_from_the_generator():
     run(program, max_iter=1, draw_noise=lambda rng, n: (rng.normal(size=(n, 2)),))
     first, second = program.batches
     assert first[1].shape == (4, 2) and not np.array_equal(first[1], second[1])
+
+
+def test_prepare_batch_makes_what_the_step_takes_from_the_minibatch():
+    # Flow matching's batches: a function of the minibatch (after draw_noise) and draws
+    # from the same generator; the final evaluate gets one made the same way.
+    seen = []
+
+    def prepare(rng, batch):
+        seen.append(batch)
+        X, noise = batch
+        return (X + noise, rng.uniform(size=len(X)))
+
+    program = Scripted([1.0] * 6)
+    run(program, max_iter=1, draw_noise=lambda rng, n: (rng.normal(size=(n, 1)),),
+        prepare_batch=prepare)
+    assert len(seen) == 3  # two steps and the final evaluate
+    for (X, noise), (shifted, drawn) in zip(seen, program.batches, strict=False):
+        np.testing.assert_array_equal(shifted, X + noise)
+        assert drawn.shape == (4,)
+    assert not np.array_equal(program.batches[0][1], program.batches[1][1])

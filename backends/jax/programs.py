@@ -190,6 +190,13 @@ def shard_batch(args: tuple, batch: tuple[int, ...] | None = None) -> tuple:
 
 def make_program(spec: Any):
     """The JAX engine's program of a model spec."""
+    # Flow matching trains a CNF's parameters by regression: its own program.
+    from odeplug._flow_matching import FlowMatchingSpec
+
+    if isinstance(spec, FlowMatchingSpec):
+        from .flow_matching import FlowMatchingProgram
+
+        return FlowMatchingProgram(spec)
     if isinstance(spec, ODENetSpec):
         from .odenet import ODENetProgram
 

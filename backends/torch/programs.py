@@ -59,6 +59,13 @@ def placed_on(device: str | torch.device) -> Iterator[torch.device]:
 
 def make_program(spec: Any):
     """The torch engine's program of a model spec."""
+    # Flow matching trains a CNF's parameters by regression: its own program.
+    from odeplug._flow_matching import FlowMatchingSpec
+
+    if isinstance(spec, FlowMatchingSpec):
+        from .flow_matching import FlowMatchingProgram
+
+        return FlowMatchingProgram(spec)
     if isinstance(spec, ODENetSpec):
         from .odenet import ODENetProgram
 

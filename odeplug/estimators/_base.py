@@ -201,13 +201,16 @@ class ODEEstimatorBase(BaseEstimator):
     def _run_training(self, engine: Backend, spec: ModelSpec, params: dict[str, np.ndarray],
                       arrays: tuple[np.ndarray, ...], *, rng, history: TrainingHistory,
                       continuing: bool, max_iter: int, validation_score=None,
-                      draw_noise=None, hyper=None):
+                      draw_noise=None, hyper=None, prepare_batch=None, program=None):
         """Build or reuse the engine's training state, run the loop, store the result.
 
         The engine state (optimiser moments) is kept in ``_train_state`` so that
-        ``partial_fit`` and ``warm_start`` continue where they stopped.
+        ``partial_fit`` and ``warm_start`` continue where they stopped. ``program``: the
+        training program, when it is not ``spec``'s own (flow matching trains a CNF's
+        parameters, in the CNF's training state, by another objective); the fitted model
+        is ``spec``'s either way.
         """
-        program = engine.make_program(spec)
+        program = engine.make_program(spec) if program is None else program
         device = engine.resolve_device(self.device)
         cached = getattr(self, "_train_state", None)
         key = (engine.name, device, spec)
@@ -222,7 +225,8 @@ class ODEEstimatorBase(BaseEstimator):
                     max_iter=max_iter, batch_size=self._batch_size(arrays[0].shape[0]),
                     rng=rng, tol=float(self.tol), n_iter_no_change=int(self.n_iter_no_change),
                     validation_score=validation_score, draw_noise=draw_noise,
-                    verbose=int(self.verbose), desc=type(self).__name__)
+                    prepare_batch=prepare_batch, verbose=int(self.verbose),
+                    desc=type(self).__name__)
         except TrainingDivergedError as error:
             if continuing:
                 raise TrainingDivergedError(

@@ -13,6 +13,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._flow_matching import OBJECTIVES, FlowMatching, FlowMatchingSpec
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
 from .._specs import CNFHyper, CNFSpec
 from ._base import COMMON_CONSTRAINTS, FIELD_CONSTRAINTS, ODEEstimatorBase
@@ -29,6 +30,9 @@ __all__ = ["AUTO_EXACT_MAX_FEATURES", "CNFDensity"]
 # noise-free gradients cost a few milliseconds more per step; one threshold for every
 # engine, so that a seed gives the same fit everywhere.
 AUTO_EXACT_MAX_FEATURES = 4
+
+# Flow matching's default path width at the data end (odeplug._flow_matching).
+SIGMA_MIN = 1e-2
 
 
 class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin,
@@ -90,7 +94,28 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         state. They make the flow straighter and cheaper to solve: on moons, 0.01 each
         cut the NFE per training step by a fifth and per scored point by a fifth, at a
         slightly better held-out likelihood than both 0. Either one positive adds the
-        channels (another compilation on JAX than both zero).
+        channels (another compilation on JAX than both zero). Maximum likelihood only:
+        ignored by flow matching, which solves no trajectory to regularise.
+    objective : {"maximum_likelihood", "flow_matching"}, default="maximum_likelihood"
+        How the field is trained. "maximum_likelihood": the negative log-likelihood,
+        an ODE solve with the trace (and its adjoint) at every step. "flow_matching"
+        (Lipman et al. 2023): a regression of ``f(t, x_t)`` onto the velocity of a
+        straight path between each data point (at 0) and a base draw (at ``t1``), at
+        ``t ~ U(0, t1)``: no solve in training, one field evaluation per step. Either
+        way the fitted model is the same CNF: ``score_samples``, ``sample``,
+        ``transform`` and ``inverse_transform`` solve the same ODE, exactly.
+    ot_pairing : bool, default=True
+        Flow matching only: pair each minibatch's base draws with its data by exact
+        optimal transport (squared Euclidean cost, ``scipy.optimize.
+        linear_sum_assignment``; OT-CFM, Tong et al. 2023), else independently. OT
+        pairing gives straighter flows (fewer steps to sample) and costs an
+        assignment per minibatch, cubic in its size (about 20 ms at 256 rows on a
+        loaded 2-core machine, several times the step; ``docs/density.md``).
+    sigma_min : float in [0, 1), default=0.01
+        Flow matching only: the path's width at the data end, in standardised units
+        (the path runs from ``x + sigma_min * e`` at 0 to ``e`` at ``t1``, ``e`` the
+        base draw). 0 is the straight line; a small width smooths the data the field
+        carries, which regularises.
     alpha : float, default=1e-4
         L2 penalty ``0.5 * alpha * sum(W**2) / batch_size`` on the field's weights.
     batch_size : int or "auto", default="auto"
@@ -131,10 +156,14 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         Canonical parameters of the field (the same names and shapes on every engine).
     loss_curve_ : list of float
         Training loss of each epoch: the negative log-likelihood of the standardised
-        data (nats per sample), plus the regularisers and the L2 penalty.
+        data (nats per sample), plus the regularisers and the L2 penalty; with
+        ``objective="flow_matching"``, the regression's mean squared error (per sample,
+        summed over features) plus the L2 penalty.
     curves_ : dict of str to list
         Every metric per epoch: ``loss``, ``nll``, ``nfe_forward``, ``nfe_backward`` and,
-        with a regulariser, ``kinetic_energy`` and ``jacobian_norm``.
+        with a regulariser, ``kinetic_energy`` and ``jacobian_norm``; with flow
+        matching, ``mse`` instead of ``nll`` (and ``nfe_forward`` 1, ``nfe_backward`` 0:
+        one field evaluation per step).
     best_loss_ : float or None
         Lowest training loss (None with early stopping).
     validation_scores_ : list of float or None
@@ -160,6 +189,18 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
     transformed or sampled with its own adaptive steps, so a result does not depend on
     the other rows; :meth:`inference_stats` reports the cost per row.
 
+    Flow matching's time convention is the estimator's: data at 0, base at ``t1``. The
+    papers put the base at 0 and the data at 1; the path and its target are converted
+    (``odeplug._flow_matching``), so the regression's minimiser is the field whose flow
+    carries the (``sigma_min``-smoothed) data to exactly ``N(0, I)`` at ``t1``: the
+    model every inference method assumes. Its loss is a stochastic regression whose
+    minimum is not zero and whose minibatch values are noisy: the default stopping rule
+    on the training loss (``tol``, ``n_iter_no_change``) can stop it early, so give it
+    a larger ``n_iter_no_change`` (or ``early_stopping=True``, judged by held-out
+    log-likelihood), and lower ``learning_rate_init`` for a last few epochs
+    (``warm_start``): at a constant step size Adam stops at a noise floor.
+    ``docs/density.md`` compares the objectives.
+
     Examples
     --------
     >>> from sklearn.datasets import make_moons
@@ -172,6 +213,15 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
     (4, 2)
     >>> cnf.transform(X[:2]).shape  # the data carried to N(0, I)
     (2, 2)
+
+    Trained by flow matching, without solving an ODE (the same model, scored alike):
+
+    >>> fm = CNFDensity(objective="flow_matching", hidden_layer_sizes=(16, 16),
+    ...                 max_iter=20, random_state=0).fit(X)
+    >>> fm.nfe_  # one field evaluation per training step
+    {'forward': 1.0, 'backward': 0.0}
+    >>> fm.score_samples(X[:3]).shape
+    (3,)
     """
 
     def __init__(
@@ -189,6 +239,9 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         trace_estimator="auto",
         kinetic_energy=0.01,
         jacobian_norm=0.01,
+        objective="maximum_likelihood",
+        ot_pairing=True,
+        sigma_min=SIGMA_MIN,
         alpha=1e-4,
         batch_size="auto",
         learning_rate_init=2e-3,
@@ -214,6 +267,9 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         self.trace_estimator = trace_estimator
         self.kinetic_energy = kinetic_energy
         self.jacobian_norm = jacobian_norm
+        self.objective = objective
+        self.ot_pairing = ot_pairing
+        self.sigma_min = sigma_min
         self.alpha = alpha
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
@@ -232,6 +288,9 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         "trace_estimator": [StrOptions({"auto", "exact", "hutchinson"})],
         "kinetic_energy": [Interval(Real, 0, None, closed="left")],
         "jacobian_norm": [Interval(Real, 0, None, closed="left")],
+        "objective": [StrOptions(set(OBJECTIVES))],
+        "ot_pairing": ["boolean"],
+        "sigma_min": [Interval(Real, 0, 1, closed="left")],
     }
 
     # ------------------------------------------------------------------ spec
@@ -364,7 +423,19 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         return self._run_training(
             engine, spec, params, (X,), rng=rng, history=history, continuing=not first_call,
             max_iter=1 if incremental else int(self.max_iter),
-            validation_score=validation_score, draw_noise=self._noise_drawer(spec))
+            validation_score=validation_score, **self._objective(engine, spec))
+
+    def _objective(self, engine, spec: CNFSpec) -> dict:
+        """What the training loop takes for the objective: maximum likelihood's step
+        noise (its program is the CNF's own), or flow matching's program and batches
+        (``odeplug._flow_matching``: paths, pairings and times drawn from the fit's
+        generator, a solver-free step; the fitted model is the same CNF)."""
+        if self.objective == "maximum_likelihood":
+            return {"draw_noise": self._noise_drawer(spec)}
+        paths = FlowMatching(sigma_min=float(self.sigma_min), ot_pairing=bool(self.ot_pairing),
+                             t1=float(self.t1), dtype=spec.dtype)
+        return {"program": engine.make_program(FlowMatchingSpec(spec)),
+                "prepare_batch": paths.batch}
 
     # -------------------------------------------------------------- inference
 

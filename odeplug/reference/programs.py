@@ -15,6 +15,13 @@ __all__ = ["Adam", "l2_penalty", "make_program"]
 
 def make_program(spec: Any):
     """The reference engine's program of a model spec."""
+    # Flow matching trains a CNF's parameters by regression: its own program.
+    from .._flow_matching import FlowMatchingSpec
+
+    if isinstance(spec, FlowMatchingSpec):
+        from .flow_matching import FlowMatchingProgram
+
+        return FlowMatchingProgram(spec)
     if isinstance(spec, ODENetSpec):
         from .odenet import ODENetProgram
 

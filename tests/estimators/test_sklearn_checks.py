@@ -20,6 +20,11 @@ CHECKED = [
     CNFDensity(backend=name, hidden_layer_sizes=(8,), max_iter=5, learning_rate_init=0.01,
                solver="rk4", step_size=0.5)
     for name in installed_engines()
+] + [
+    # Trained by flow matching: another training program, the same fitted model.
+    CNFDensity(backend=name, objective="flow_matching", hidden_layer_sizes=(8,), max_iter=5,
+               learning_rate_init=0.01, solver="rk4", step_size=0.5)
+    for name in installed_engines()
 ]
 
 # Checks expected to fail, with the reason; none at present.
