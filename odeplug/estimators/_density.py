@@ -57,6 +57,14 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         (diffrax). None: ``odeplug.set_config``/``config_context``, then the environment
         variable ``ODEPLUG_BACKEND``, then ``"reference"``. Read again at every call: a
         model fitted on one engine scores and samples on any other.
+    device : {"cpu", "cuda", "auto"}, default="cpu"
+        Where the torch and jax engines compute: "cuda" a GPU (an error naming what is
+        missing where the engine sees none), "auto" a GPU where the engine sees one,
+        else the CPU. The reference engine computes on the CPU ("cuda" is refused).
+        Read at every call; fitted parameters are NumPy arrays, so a model fitted on a
+        GPU scores and samples on a CPU-only machine. On jax, training steps are data
+        parallel over all devices of the platform when it has several
+        (``odeplug.set_config(data_parallel=False)`` turns it off).
     hidden_layer_sizes : tuple of int, default=(64, 64, 64)
         Hidden layers of the vector field (none: a linear field, a Gaussian model).
         The defaults (with ``batch_size=100``) reach -1.198 nats per sample on
@@ -227,6 +235,7 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
     def __init__(
         self,
         backend=None,
+        device="cpu",
         hidden_layer_sizes=(64, 64, 64),
         field_activation="tanh",
         t1=1.0,
@@ -255,6 +264,7 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         warm_start=False,
     ):
         self.backend = backend
+        self.device = device
         self.hidden_layer_sizes = hidden_layer_sizes
         self.field_activation = field_activation
         self.t1 = t1
