@@ -30,7 +30,7 @@ from sklearn.datasets import make_moons  # noqa: E402
 
 from odeplug import CNFDensity  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+parser = argparse.ArgumentParser(description="Continuous normalizing flow on two moons")
 parser.add_argument("--quick", action="store_true", help="a small model, a few epochs")
 parser.add_argument("--backend", default="torch", help="reference, torch or jax")
 parser.add_argument("--out", type=Path, default=Path("."), help="folder of the PNGs")
