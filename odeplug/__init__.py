@@ -17,7 +17,7 @@ from ._solver_options import (
     make_solve_config,
 )
 from .backend import Backend, BackendInfo, available_backends, get_backend, register_backend
-from .estimators import ODEClassifier
+from .estimators import LatentODERegressor, ODEClassifier
 from .exceptions import BackendNotAvailableError, SolverError, TrainingDivergedError
 
 __version__ = "0.1.0"
@@ -31,6 +31,7 @@ __all__ = [
     "BackendNotAvailableError",
     "BacksolveAdjoint",
     "Constant",
+    "LatentODERegressor",
     "ModelFileError",
     "ODEClassifier",
     "ODESolveConfig",

@@ -8,7 +8,7 @@ from typing import Any
 import autograd.numpy as anp
 import numpy as np
 
-from .._specs import Hyper, ODENetSpec
+from .._specs import Hyper, LatentODESpec, ODENetSpec
 
 __all__ = ["Adam", "l2_penalty", "make_program"]
 
@@ -19,6 +19,10 @@ def make_program(spec: Any):
         from .odenet import ODENetProgram
 
         return ODENetProgram(spec)
+    if isinstance(spec, LatentODESpec):
+        from .latent import LatentProgram
+
+        return LatentProgram(spec)
     raise NotImplementedError(f"the reference engine has no program for {type(spec).__name__}")
 
 
