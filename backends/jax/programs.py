@@ -33,7 +33,7 @@ import optax
 
 from odeplug._protocols import ROW_COUNTERS
 from odeplug._solver_options import ODESolveConfig
-from odeplug._specs import Hyper, ODENetSpec
+from odeplug._specs import Hyper, LatentODESpec, ODENetSpec
 from odeplug.exceptions import SolverError
 
 from .solve import (
@@ -82,6 +82,10 @@ def make_program(spec: Any):
         from .odenet import ODENetProgram
 
         return ODENetProgram(spec)
+    if isinstance(spec, LatentODESpec):
+        from .latent import LatentProgram
+
+        return LatentProgram(spec)
     raise NotImplementedError(f"the jax engine has no program for {type(spec).__name__}")
 
 

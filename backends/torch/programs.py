@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from odeplug._specs import Hyper, ODENetSpec
+from odeplug._specs import Hyper, LatentODESpec, ODENetSpec
 
 __all__ = ["l2_penalty", "make_program", "set_adam_hyper", "tensor", "view"]
 
@@ -20,6 +20,10 @@ def make_program(spec: Any):
         from .odenet import ODENetProgram
 
         return ODENetProgram(spec)
+    if isinstance(spec, LatentODESpec):
+        from .latent import LatentProgram
+
+        return LatentProgram(spec)
     raise NotImplementedError(f"the torch engine has no program for {type(spec).__name__}")
 
 
