@@ -19,6 +19,8 @@ import numpy as np
 
 __all__ = ["encoder_gaps", "row_grids", "union_grid"]
 
+_MERGE_ULPS = 64
+
 
 def encoder_gaps(times: np.ndarray) -> np.ndarray:
     """Gaps ``times[:, j] - times[:, j + 1]`` of decreasing, NaN-padded times
@@ -41,7 +43,9 @@ def _pad_grid(grid: np.ndarray, size: int, dtype) -> np.ndarray:
             grid = np.append(grid, grid[-1] + dtype.type(1.0))
             continue
         mids = ((grid[:-1].astype(np.float64) + grid[1:]) / 2).astype(dtype)
-        splittable = np.flatnonzero((mids > grid[:-1]) & (mids < grid[1:]))
+        room = _MERGE_ULPS * np.finfo(dtype).eps * np.maximum(1.0, np.abs(grid[1:]))
+        splittable = np.flatnonzero((mids > grid[:-1]) & (mids < grid[1:])
+                                    & (grid[1:] - grid[:-1] > 2 * room))
         if not splittable.size:
             step = dtype.type(max(1e-3 * (1.0 + abs(float(grid[-1]))), 1e-3))
             grid = np.append(grid, grid[-1] + step * np.arange(1, need + 1, dtype=dtype))
@@ -68,14 +72,22 @@ def union_grid(times: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
         0, then the distinct times, padded to a power of two (>= 2) with points inside
         its largest gaps (outputs there are unused; they do not change a solve's steps).
     index : ndarray of shape (n, K), int64
-        ``grid[index[i, k]] == times[i, k]`` in ``dtype``.
+        ``grid[index[i, k]] == times[i, k]`` in ``dtype``, up to times within 64 ulps
+        of each other, which are merged into one.
     """
     dtype = np.dtype(dtype)
     values = np.asarray(times, dtype=dtype)
     distinct = np.unique(np.concatenate([np.zeros(1, dtype), values.reshape(-1)]))
+    # Times a few ulps apart (t - t0 rounded differently in two series) are one time:
+    # an adjoint's backward solve over an interval of rounding size cannot step.
+    close = np.diff(distinct) <= _MERGE_ULPS * np.finfo(dtype).eps * np.maximum(
+        1.0, np.abs(distinct[1:]))
+    distinct = distinct[np.concatenate([[True], ~close])]
     size = max(2, 1 << int(np.ceil(np.log2(max(len(distinct), 1)))))
     grid = _pad_grid(distinct, size, dtype)
-    index = np.searchsorted(grid, values).astype(np.int64)
+    right = np.clip(np.searchsorted(grid, values), 1, len(grid) - 1)
+    nearer_left = np.abs(values - grid[right - 1]) <= np.abs(grid[right] - values)
+    index = np.where(nearer_left, right - 1, right).astype(np.int64)
     return grid, index
 
 
@@ -91,7 +103,8 @@ def row_grids(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     grids : ndarray of shape (n, G), float64
-        Row ``i``: 0 then its distinct requested times, increasing, NaN-padded.
+        Row ``i``: 0 then its distinct requested times, increasing, NaN-padded (``G``
+        a power of two, at least 2).
     index : ndarray of shape (n, K), int64
         Where each requested time is in its row's grid (0 for NaN entries).
     """
@@ -100,7 +113,9 @@ def row_grids(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows = []
     for row in times:
         rows.append(np.unique(np.concatenate([[0.0], row[~np.isnan(row)]])))
+    # A power of two (NaN columns beyond): JAX compiles one solve per grid width.
     width = max((len(r) for r in rows), default=1)
+    width = max(2, 1 << int(np.ceil(np.log2(width))))
     grids = np.full((n, width), np.nan)
     index = np.zeros((n, k), dtype=np.int64)
     for i, row in enumerate(rows):

@@ -8,6 +8,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import RegressorMixin
 from sklearn.metrics import r2_score
+from sklearn.utils import TransformerTags
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -26,6 +27,14 @@ _FLOATS = (np.float64, np.float32)
 # series is a function of that series alone.
 N_STD_DRAWS = 64
 _STD_SEED = 20181
+
+
+def _ndim(a) -> int:
+    """Dimensions of an array-like (lists and array-likes without ``ndim`` too)."""
+    if a is None:
+        return 0
+    ndim = getattr(a, "ndim", None)
+    return int(ndim) if ndim is not None else np.asarray(a, dtype=object).ndim
 
 
 class _Series:
@@ -269,6 +278,8 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
         tags.target_tags.multi_output = True
+        # transform: the posterior mean of z0, in float64 whatever X's dtype.
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float64"])
         return tags
 
     # ------------------------------------------------------------ parameters
@@ -311,7 +322,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
     # ------------------------------------------------------------------ data
 
     def _check_X(self, X, times, *, reset: bool) -> _Series:
-        ndim = np.ndim(X) if X is not None else 0
+        ndim = _ndim(X)
         if ndim not in (2, 3):
             raise ValueError(
                 f"X must have shape (n_series, n_times) or (n_series, n_times, n_channels); "
@@ -421,6 +432,8 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
                 + (f" or {(n, k)}" if c == 1 else "") + (f" or {(n,)}" if c == 1 and k == 1
                                                          else ""))
         y = y.reshape(n, k, c)
+        if np.isnan(y).all():
+            raise ValueError("Input y contains NaN only: there is no target to fit")
         stray = np.isnan(offsets)[..., None] & ~np.isnan(y)
         if stray.any():
             raise ValueError("y has values where target_times is NaN (no target there)")
@@ -481,6 +494,21 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         """
         return self._fit_transaction(self._fit, X, y, times, target_times, incremental=True)
 
+    def fit_transform(self, X, y, times=None, target_times=None):
+        """Fit, then return the posterior mean of ``z0`` of each series of X.
+
+        Parameters
+        ----------
+        X, y, times, target_times
+            As :meth:`fit`.
+
+        Returns
+        -------
+        z0 : ndarray of shape (n_series, latent_dim)
+        """
+        return self.fit(X, y, times=times, target_times=target_times).transform(
+            X, times=times)
+
     def _fit(self, X, y, times, target_times, *, incremental: bool):
         if incremental:
             self._check_partial_fit_params()
@@ -489,7 +517,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
             self._check_y(None, None, None)
         series = self._check_X(X, times, reset=first_call)
         offsets = self._targets_for(y, series, target_times)
-        y_ndim = int(np.ndim(y))
+        y_ndim = _ndim(y)
         y = self._check_y(y, series, offsets)
 
         engine = self._engine()
@@ -503,13 +531,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
                              f"{self._spec.n_channels}")
         params, history = self._start(engine, spec, first_call=first_call, seed=seed)
 
-        target_mask = ~np.isnan(y)
-        dec_times = np.concatenate([series.obs_offsets, np.nan_to_num(offsets)], axis=1)
-        dec_values = np.concatenate([series.obs_values, y], axis=1)
-        dec_mask = np.concatenate([series.obs_mask, target_mask], axis=1)
-        enc_values, enc_mask, enc_times = series.encoder_inputs(spec.dtype)
-        arrays = (enc_values, enc_mask, enc_times, dec_times,
-                  np.nan_to_num(dec_values).astype(spec.dtype), dec_mask)
+        arrays = self._training_arrays(series, y, offsets, spec.dtype)
         latent_dim = spec.latent_dim
 
         def draw_noise(generator, n_rows):
@@ -543,6 +565,18 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         self._fixed_noise = 1.0 if self.noise_std == "auto" else float(self.noise_std)
         self.noise_std_ = self._noise_of(self.params_)
         return outcome
+
+    @staticmethod
+    def _training_arrays(series: _Series, y: np.ndarray, offsets: np.ndarray, dtype):
+        """The training loop's arrays (a program's batch without the noise): the
+        encoder's inputs, then the decode times (the observations', then the targets'),
+        values and mask."""
+        dec_times = np.concatenate([series.obs_offsets, np.nan_to_num(offsets)], axis=1)
+        dec_values = np.concatenate([series.obs_values, y], axis=1)
+        dec_mask = np.concatenate([series.obs_mask, ~np.isnan(y)], axis=1)
+        enc_values, enc_mask, enc_times = series.encoder_inputs(dtype)
+        return (enc_values, enc_mask, enc_times, dec_times,
+                np.nan_to_num(dec_values).astype(dtype), dec_mask)
 
     def _noise_of(self, params) -> np.ndarray:
         if "likelihood.log_std" in params:
