@@ -8,8 +8,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import RegressorMixin
 from sklearn.metrics import r2_score
-from sklearn.utils import TransformerTags
-from sklearn.utils import check_array, check_random_state
+from sklearn.utils import TransformerTags, check_array, check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._series import row_grids

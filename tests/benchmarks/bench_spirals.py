@@ -25,17 +25,19 @@ Every model also on series with 30% and 60% of their observed values hidden by N
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (pins thread pools before NumPy/torch/JAX load)
-
 import argparse
 import json
+import sys
 import time
 import warnings
+from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (pins threads before numpy, torch or jax are imported)
+import numpy as np  # noqa: E402
 
-from odeplug import LatentODERegressor
-from odeplug.datasets import make_spirals
+from odeplug import LatentODERegressor  # noqa: E402
+from odeplug.datasets import make_spirals  # noqa: E402
 
 REPO = _common.REPO
 MODELS = ("latent", "rnn", "gru", "hgb")
@@ -113,7 +115,7 @@ def fit_recurrent(kind, data, X_train, y_train, X_test, args):
             # The last observed value of each series starts the rollout.
             previous = self.head(h)
             out = []
-            for k in range(n_steps):
+            for _ in range(n_steps):
                 h = self.decoder(previous, h)
                 previous = self.head(h)
                 out.append(previous)
@@ -133,7 +135,7 @@ def fit_recurrent(kind, data, X_train, y_train, X_test, args):
     with torch.no_grad():
         predicted = model(inputs(X_test), target.shape[1]).numpy()
     return predicted, None, fit_s, time.perf_counter() - start, {
-        "iterations": args.rnn_iters, "final_mse": float(loss)}
+        "iterations": args.rnn_iters, "final_mse": float(loss.detach())}
 
 
 def fit_hgb(data, X_train, y_train, X_test, args):
