@@ -191,9 +191,21 @@ def test_elbo_gradient_matches_finite_differences():
                     encoder, adjoint, key)
 
 
-def test_per_series_times_are_the_shared_grid_with_nan(engine):
+@pytest.fixture(params=["reference", "torch"])
+def eager_engine(request):
+    """The engines whose fits cost no compilation (on JAX each fit of a new shape
+    compiles a step: its programs compute what these do, tests/backends/)."""
+    from tests.conftest import Engine
+
+    return Engine(request.param)
+
+
+def test_per_series_times_are_the_shared_grid_with_nan(eager_engine):
     # Series observed at some times of the shared grid (NaN elsewhere) are the same
-    # series given with their own times (those columns only, NaN-padded).
+    # series given with their own times (those columns only, NaN-padded): the programs
+    # get the same arrays (so every engine computes the same), and fit and predict the
+    # same.
+    engine = eager_engine
     X = X_SMALL.copy()
     X[:, 4] = np.nan  # a time nobody observed
     observed = ~np.isnan(X).all(axis=2)
@@ -204,6 +216,15 @@ def test_per_series_times_are_the_shared_grid_with_nan(engine):
         cols = np.flatnonzero(observed[i])
         own[i, : len(cols)] = X[i, cols]
         own_times[i, : len(cols)] = OBS_TIMES[cols]
+    model = small()
+    arrays = []
+    for values, times in ((X, None), (own, own_times)):
+        series = model._check_X(values, times, reset=True)
+        offsets = model._targets_for(Y_SMALL, series, None)
+        arrays.append(model._training_arrays(series, model._check_y(Y_SMALL, series, offsets),
+                                             offsets, "float32"))
+    for a, b in zip(*arrays, strict=True):
+        np.testing.assert_array_equal(a, b)
     shared = small(backend=engine.name).fit(X, Y_SMALL)
     per_series = small(backend=engine.name).fit(own, Y_SMALL, times=own_times)
     for key, value in shared.params_.items():
@@ -232,8 +253,10 @@ def test_same_parameters_give_the_same_predictions_on_every_engine(engine, fitte
                                rtol=1e-6, atol=1e-8)
 
 
-def test_ode_rnn_encoder_on_every_engine(engine):
-    # The ODE-RNN encoder trains and gives the reference's predictions.
+def test_ode_rnn_encoder_on_every_engine(eager_engine):
+    # The ODE-RNN encoder trains and gives the reference's predictions (on JAX:
+    # tests/backends/test_jax_latent.py, against the reference program).
+    engine = eager_engine
     model = small(backend=engine.name, encoder="ode_rnn", encoder_hidden_sizes=(6, 5),
                   max_iter=1).fit(X_SMALL, Y_SMALL)
     reference = small(backend="reference", encoder="ode_rnn", encoder_hidden_sizes=(6, 5),
