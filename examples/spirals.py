@@ -44,7 +44,7 @@ parser.add_argument("--quick", action="store_true")
 parser.add_argument("--output", default="latent_spirals.png")
 args = parser.parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 QUICK = args.quick or os.environ.get("ODEPLUG_EXAMPLES_QUICK") == "1"
-N_SPIRALS, EPOCHS, RNN_ITERS = (300, 15, 100) if QUICK else (1000, 100, 500)
+N_SPIRALS, EPOCHS, RNN_ITERS = (300, 15, 50) if QUICK else (1000, 200, 150)
 backends = odeplug.available_backends()
 BACKEND = args.backend or ("jax" if backends["jax"].available else "reference")
 
