@@ -425,3 +425,17 @@ def test_union_grid_merges_times_rounding_apart():
     assert np.all(np.diff(grid) > 1e-10)
     np.testing.assert_allclose(grid[index], times, rtol=1e-14)
     assert index[0, 0] == index[1, 0] and index[0, 1] == index[1, 1]
+
+
+def test_partial_fit_warm_start_and_early_stopping():
+    model = small()
+    model.partial_fit(X_SMALL, Y_SMALL).partial_fit(X_SMALL, Y_SMALL)
+    assert model.n_iter_ == 2 and model.loss_curve_[1] < model.loss_curve_[0]
+    warm = small(warm_start=True, max_iter=1).fit(X_SMALL, Y_SMALL).fit(X_SMALL, Y_SMALL)
+    assert warm.n_iter_ == 2
+    stopped = small(early_stopping=True, max_iter=3, validation_fraction=0.25).fit(
+        X_SMALL, Y_SMALL)
+    assert len(stopped.validation_scores_) == 3
+    assert stopped.best_validation_score_ == max(stopped.validation_scores_)
+    with pytest.raises(ValueError, match="early_stopping"):
+        small(early_stopping=True).partial_fit(X_SMALL, Y_SMALL)
