@@ -91,7 +91,7 @@ class LatentProgram:
                 h = ys[-1][:, :hidden]
                 stats.append(solve_stats)
             else:
-                rows = torch.from_numpy(np.flatnonzero(moving))
+                rows = view(np.flatnonzero(moving), np.int64)
                 y = torch.cat([h[rows], gaps_t[rows, j : j + 1]], dim=1)
                 ys, counters = odeint_rows(self.encoder_field, y, span, field_params, solve)
                 h = h.clone()
