@@ -17,7 +17,7 @@ from ._solver_options import (
     make_solve_config,
 )
 from .backend import Backend, BackendInfo, available_backends, get_backend, register_backend
-from .estimators import CNFDensity, ODEClassifier
+from .estimators import CNFDensity, LatentODERegressor, ODEClassifier
 from .exceptions import (
     BackendNotAvailableError,
     DeviceNotAvailableError,
@@ -38,6 +38,7 @@ __all__ = [
     "CNFDensity",
     "Constant",
     "DeviceNotAvailableError",
+    "LatentODERegressor",
     "ModelFileError",
     "ODEClassifier",
     "ODESolveConfig",

@@ -31,6 +31,8 @@ __all__ = [
     "Fill",
     "GlorotUniform",
     "Hyper",
+    "LatentHyper",
+    "LatentODESpec",
     "ModelSpec",
     "Normal",
     "ODENetSpec",
@@ -137,6 +139,16 @@ def dense_params(name: str, fan_in: int, fan_out: int, *, factor: float = 6.0,
     init = GlorotUniform(fan_in, fan_out, factor)
     return {f"{name}.weight": Param((fan_in, fan_out), init, penalized=penalized),
             f"{name}.bias": Param((fan_out,), init)}
+
+
+def mlp_params(name: str, sizes: tuple[int, ...], *, factor: float = 6.0
+               ) -> dict[str, Param]:
+    """``{name}.{i}.weight`` and ``{name}.{i}.bias`` of an MLP of layer widths ``sizes``
+    (input to output), Glorot-initialised."""
+    table: dict[str, Param] = {}
+    for i in range(len(sizes) - 1):
+        table.update(dense_params(f"{name}.{i}", sizes[i], sizes[i + 1], factor=factor))
+    return table
 
 
 def glorot_factor(activation: str) -> float:
@@ -261,9 +273,7 @@ class ODENetSpec(ModelSpec):
     def param_table(self) -> dict[str, Param]:
         factor = glorot_factor(self.activation)
         table = dense_params("embed", self.n_features, self.embed_dim, factor=factor)
-        sizes = self.field_sizes
-        for i in range(self.n_field_layers):
-            table.update(dense_params(f"field.{i}", sizes[i], sizes[i + 1], factor=factor))
+        table.update(mlp_params("field", self.field_sizes, factor=factor))
         table.update(dense_params("head", self.state_dim, self.n_outputs, factor=factor))
         return table
 
@@ -329,9 +339,105 @@ class CNFSpec(ModelSpec):
         return 3 if self.regularize else 1
 
     def param_table(self) -> dict[str, Param]:
-        factor = glorot_factor(self.field_activation)
-        sizes = self.field_sizes
-        table: dict[str, Param] = {}
-        for i in range(self.n_field_layers):
-            table.update(dense_params(f"field.{i}", sizes[i], sizes[i + 1], factor=factor))
+        return mlp_params("field", self.field_sizes,
+                          factor=glorot_factor(self.field_activation))
+
+
+def gru_params(name: str, n_inputs: int, n_hidden: int) -> dict[str, Param]:
+    """A GRU cell's ``{name}.weight_ih`` ``(n_inputs, 3 n_hidden)`` (Glorot),
+    ``{name}.weight_hh`` ``(n_hidden, 3 n_hidden)`` (one orthogonal block per gate) and
+    zero biases ``{name}.bias_ih``, ``{name}.bias_hh``; gates in torch's order (reset,
+    update, new)."""
+    width = 3 * n_hidden
+    return {
+        f"{name}.weight_ih": Param((n_inputs, width), GlorotUniform(n_inputs, n_hidden),
+                                   penalized=True),
+        f"{name}.weight_hh": Param((n_hidden, width), Orthogonal(blocks=3), penalized=True),
+        f"{name}.bias_ih": Param((width,), Zeros()),
+        f"{name}.bias_hh": Param((width,), Zeros()),
+    }
+
+
+ENCODERS = ("ode_rnn", "rnn")
+
+
+@dataclass(frozen=True)
+class LatentODESpec(ModelSpec):
+    """The latent ODE of Chen et al. (2018, Sec. 5) for irregularly sampled series.
+
+    Encoder (``q(z0)``): a GRU cell run backwards in time over a series' observations,
+    its input ``[x * m, m]`` (values with unobserved entries zeroed, and the mask), for
+    ``"rnn"`` also the time gap to the observation processed before it (the paper's
+    RNN); for ``"ode_rnn"`` (Rubanova et al. 2019) the hidden state also follows
+    ``dh/dt = encoder_field(h)`` between observations. ``encoder.head`` maps the last
+    hidden state to the mean and log-variance of ``z0`` (``latent_dim`` each).
+    Latent dynamics: ``dz/dt = field(z)``, an MLP (autonomous: the time origin of a
+    series is its first observation). Decoder: an MLP from ``z`` to the
+    ``n_channels`` observations. Likelihood: Gaussian, of standard deviation
+    ``exp(likelihood.log_std)`` per channel when ``fit_noise``, else the fixed
+    ``LatentHyper.noise_std``.
+
+    Parameter names: ``encoder.gru.{weight_ih, weight_hh, bias_ih, bias_hh}``,
+    ``encoder.field.{i}.{weight, bias}`` (``"ode_rnn"`` only), ``encoder.head.{weight,
+    bias}``, ``field.{i}.{weight, bias}``, ``decoder.{i}.{weight, bias}``,
+    ``likelihood.log_std`` (``fit_noise`` only).
+    """
+
+    family: ClassVar[str] = "latent"
+
+    n_channels: int
+    latent_dim: int
+    encoder: str
+    encoder_hidden: int
+    encoder_field_hidden: tuple[int, ...]
+    field_hidden: tuple[int, ...]
+    decoder_hidden: tuple[int, ...]
+    activation: str
+    fit_noise: bool
+    dtype: str = "float32"
+
+    @property
+    def gru_inputs(self) -> int:
+        """Values, mask and (``"rnn"``) the time gap."""
+        return 2 * self.n_channels + (self.encoder == "rnn")
+
+    @property
+    def encoder_field_sizes(self) -> tuple[int, ...]:
+        return (self.encoder_hidden, *self.encoder_field_hidden, self.encoder_hidden)
+
+    @property
+    def field_sizes(self) -> tuple[int, ...]:
+        return (self.latent_dim, *self.field_hidden, self.latent_dim)
+
+    @property
+    def decoder_sizes(self) -> tuple[int, ...]:
+        return (self.latent_dim, *self.decoder_hidden, self.n_channels)
+
+    def param_table(self) -> dict[str, Param]:
+        factor = glorot_factor(self.activation)
+        table = gru_params("encoder.gru", self.gru_inputs, self.encoder_hidden)
+        if self.encoder == "ode_rnn":
+            table.update(mlp_params("encoder.field", self.encoder_field_sizes, factor=factor))
+        table.update(dense_params("encoder.head", self.encoder_hidden, 2 * self.latent_dim,
+                                  factor=factor))
+        table.update(mlp_params("field", self.field_sizes, factor=factor))
+        table.update(mlp_params("decoder", self.decoder_sizes, factor=factor))
+        if self.fit_noise:
+            table["likelihood.log_std"] = Param((self.n_channels,), Zeros())
         return table
+
+
+@dataclass(frozen=True)
+class LatentHyper(Hyper):
+    """A latent ODE's step values: :class:`Hyper`'s and
+
+    Attributes
+    ----------
+    kl_weight : float
+        Weight of the KL term of the negative ELBO (KL annealing raises it to 1).
+    noise_std : float
+        The likelihood's standard deviation when the spec does not fit it.
+    """
+
+    kl_weight: float = 1.0
+    noise_std: float = 1.0

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ACTIVATIONS", "SLOPES", "dense", "mlp_field", "mlp_field_jvp", "log_softmax"]
+__all__ = ["ACTIVATIONS", "SLOPES", "dense", "gru_cell", "log_softmax", "mlp", "mlp_field",
+           "mlp_field_jvp"]
 
 
 def _identity(x: jax.Array) -> jax.Array:
@@ -104,3 +105,30 @@ def mlp_field_jvp(prefix: str, n_layers: int, activation: str) -> Callable:
 
 def log_softmax(logits: jax.Array) -> jax.Array:
     return jax.nn.log_softmax(logits, axis=1)
+
+
+def mlp(params: dict, prefix: str, n_layers: int, activation: str, x: jax.Array) -> jax.Array:
+    """An MLP ``{prefix}.{i}`` of ``x`` (any leading shape), linear last layer."""
+    act = ACTIVATIONS[activation]
+    for i in range(n_layers):
+        x = dense(params, f"{prefix}.{i}", x)
+        if i < n_layers - 1:
+            x = act(x)
+    return x
+
+
+def _product(x: jax.Array, weight: jax.Array) -> jax.Array:
+    return jnp.matmul(x, weight, precision=jax.lax.Precision.HIGHEST)  # as dense's
+
+
+def gru_cell(params: dict, prefix: str, x: jax.Array, h: jax.Array) -> jax.Array:
+    """One GRU update of ``h`` by input ``x`` (torch's ``GRUCell``: gates reset, update,
+    new, in that order along the weights' columns)."""
+    gi = _product(x, params[f"{prefix}.weight_ih"]) + params[f"{prefix}.bias_ih"]
+    gh = _product(h, params[f"{prefix}.weight_hh"]) + params[f"{prefix}.bias_hh"]
+    i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+    r = jax.nn.sigmoid(i_r + h_r)
+    z = jax.nn.sigmoid(i_z + h_z)
+    n = jnp.tanh(i_n + r * h_n)
+    return (1.0 - z) * n + z * h

@@ -51,7 +51,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from odeplug._protocols import ROW_COUNTERS
 from odeplug._solver_options import ODESolveConfig
-from odeplug._specs import CNFSpec, Hyper, ODENetSpec
+from odeplug._specs import CNFSpec, Hyper, LatentODESpec, ODENetSpec
 from odeplug.exceptions import SolverError
 
 from .solve import (
@@ -205,6 +205,10 @@ def make_program(spec: Any):
         from .cnf import CNFProgram
 
         return CNFProgram(spec)
+    if isinstance(spec, LatentODESpec):
+        from .latent import LatentProgram
+
+        return LatentProgram(spec)
     raise NotImplementedError(f"the jax engine has no program for {type(spec).__name__}")
 
 

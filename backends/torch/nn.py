@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-__all__ = ["ACTIVATIONS", "SLOPES", "dense", "mlp_field", "mlp_field_jvp", "log_softmax"]
+__all__ = ["ACTIVATIONS", "SLOPES", "dense", "gru_cell", "log_softmax", "mlp", "mlp_field",
+           "mlp_field_jvp"]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -105,3 +106,27 @@ def mlp_field_jvp(prefix: str, n_layers: int, activation: str) -> Callable:
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, dim=1)
+
+
+def mlp(params: dict, prefix: str, n_layers: int, activation: str, x: torch.Tensor
+        ) -> torch.Tensor:
+    """An MLP ``{prefix}.{i}`` of ``x`` (any leading shape), linear last layer."""
+    act = ACTIVATIONS[activation]
+    for i in range(n_layers):
+        x = dense(params, f"{prefix}.{i}", x)
+        if i < n_layers - 1:
+            x = act(x)
+    return x
+
+
+def gru_cell(params: dict, prefix: str, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """One GRU update of ``h`` by input ``x`` (``torch.nn.GRUCell``'s arithmetic, with
+    odeplug's ``(fan_in, 3 * hidden)`` weights; gates reset, update, new)."""
+    gi = x @ params[f"{prefix}.weight_ih"] + params[f"{prefix}.bias_ih"]
+    gh = h @ params[f"{prefix}.weight_hh"] + params[f"{prefix}.bias_hh"]
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1.0 - z) * n + z * h

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from odeplug._specs import CNFSpec, Hyper, ODENetSpec
+from odeplug._specs import CNFSpec, Hyper, LatentODESpec, ODENetSpec
 
 __all__ = ["current_device", "l2_penalty", "make_program", "placed_on", "set_adam_hyper",
            "tensor", "view"]
@@ -74,6 +74,10 @@ def make_program(spec: Any):
         from .cnf import CNFProgram
 
         return CNFProgram(spec)
+    if isinstance(spec, LatentODESpec):
+        from .latent import LatentProgram
+
+        return LatentProgram(spec)
     raise NotImplementedError(f"the torch engine has no program for {type(spec).__name__}")
 
 

@@ -2,5 +2,6 @@
 
 from ._classifier import ODEClassifier
 from ._density import CNFDensity
+from ._latent import LatentODERegressor
 
-__all__ = ["CNFDensity", "ODEClassifier"]
+__all__ = ["CNFDensity", "LatentODERegressor", "ODEClassifier"]

@@ -252,7 +252,8 @@ class ODEEstimatorBase(BaseEstimator):
                    params: dict[str, np.ndarray]) -> None:
         self.backend_ = engine.name
         self._spec = spec
-        self._fitted_t1 = float(self.t1)
+        # A family without an integration interval of its own (the latent ODE) has no t1.
+        self._fitted_t1 = float(self.t1) if hasattr(self, "t1") else None
         self.params_ = {k: np.array(v) for k, v in params.items()}
         self._history = history
         self.loss_curve_ = history.loss_curve

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import autograd.numpy as anp
 from autograd.scipy.special import logsumexp
 
-__all__ = ["ACTIVATIONS", "activation_slopes", "activations", "dense", "mlp_field",
-           "mlp_field_jvp", "log_softmax"]
+__all__ = ["ACTIVATIONS", "activation_slopes", "activations", "dense", "gru_cell",
+           "log_softmax", "mlp", "mlp_field", "mlp_field_jvp"]
 
 def activations(xp) -> dict[str, Callable]:
     """Activations written with ``xp``: autograd's NumPy to train, NumPy to predict."""
@@ -91,3 +91,26 @@ def mlp_field_jvp(prefix: str, n_layers: int, activation: str, xp=anp) -> Callab
 
 def log_softmax(logits):
     return logits - logsumexp(logits, axis=1, keepdims=True)
+
+
+def mlp(params: dict, prefix: str, n_layers: int, activation: str, x, xp=anp):
+    """An MLP ``{prefix}.{i}`` of ``x`` (any leading shape), linear last layer."""
+    act = activations(xp)[activation]
+    for i in range(n_layers):
+        x = x @ params[f"{prefix}.{i}.weight"] + params[f"{prefix}.{i}.bias"]
+        if i < n_layers - 1:
+            x = act(x)
+    return x
+
+
+def gru_cell(params: dict, prefix: str, x, h, xp=anp):
+    """One GRU update of ``h`` by input ``x`` (torch's ``GRUCell``: gates reset, update,
+    new, in that order along the weights' columns)."""
+    gi = x @ params[f"{prefix}.weight_ih"] + params[f"{prefix}.bias_ih"]
+    gh = h @ params[f"{prefix}.weight_hh"] + params[f"{prefix}.bias_hh"]
+    n_hidden = h.shape[-1]
+    sigmoid = activations(xp)["logistic"]
+    r = sigmoid(gi[..., :n_hidden] + gh[..., :n_hidden])
+    z = sigmoid(gi[..., n_hidden : 2 * n_hidden] + gh[..., n_hidden : 2 * n_hidden])
+    n = xp.tanh(gi[..., 2 * n_hidden :] + r * gh[..., 2 * n_hidden :])
+    return (1.0 - z) * n + z * h

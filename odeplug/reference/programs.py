@@ -8,7 +8,7 @@ from typing import Any
 import autograd.numpy as anp
 import numpy as np
 
-from .._specs import CNFSpec, Hyper, ODENetSpec
+from .._specs import CNFSpec, Hyper, LatentODESpec, ODENetSpec
 
 __all__ = ["Adam", "l2_penalty", "make_program"]
 
@@ -30,6 +30,10 @@ def make_program(spec: Any):
         from .cnf import CNFProgram
 
         return CNFProgram(spec)
+    if isinstance(spec, LatentODESpec):
+        from .latent import LatentProgram
+
+        return LatentProgram(spec)
     raise NotImplementedError(f"the reference engine has no program for {type(spec).__name__}")
 
 
