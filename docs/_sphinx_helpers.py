@@ -40,10 +40,12 @@ def api_names(api_page: Path) -> set[str]:
 
 def public_names_missing_from_api(api_page: Path) -> list[str]:
     import odeplug
+    import odeplug.datasets
     import odeplug.plot
 
     documented = api_names(api_page)
-    public = list(odeplug.__all__) + [f"plot.{name}" for name in odeplug.plot.__all__]
+    public = (list(odeplug.__all__) + [f"plot.{name}" for name in odeplug.plot.__all__]
+              + [f"datasets.{name}" for name in odeplug.datasets.__all__])
     return [name for name in public if name not in documented]
 
 

@@ -44,7 +44,7 @@ parser.add_argument("--quick", action="store_true")
 parser.add_argument("--output", default="latent_spirals.png")
 args = parser.parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 QUICK = args.quick or os.environ.get("ODEPLUG_EXAMPLES_QUICK") == "1"
-N_SPIRALS, EPOCHS, RNN_ITERS = (300, 15, 50) if QUICK else (1000, 200, 150)
+N_SPIRALS, EPOCHS, RNN_ITERS = (200, 10, 25) if QUICK else (1000, 200, 150)
 backends = odeplug.available_backends()
 BACKEND = args.backend or ("jax" if backends["jax"].available else "reference")
 
@@ -76,7 +76,7 @@ print(f"latent ODE ({BACKEND}): extrapolation RMSE {rmse:.3f} on {len(X_test)} s
 # ---------------------
 # A GRU reads the 100 slots of the observation window (value, mask, time since the last
 # observation), then rolls the 100 targets out, feeding back its predictions. Fitted on
-# 300 of the training spirals (full-batch Adam steps of a 100 + 100-step recurrence are
+# the training spirals (full-batch Adam steps of a 100 + 100-step recurrence are
 # slow on a CPU); ``tests/benchmarks/bench_spirals.py`` measures it on all of them.
 
 

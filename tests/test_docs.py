@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 
 import odeplug
+import odeplug.datasets
 import odeplug.plot
 from odeplug import backend as registry
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PUBLIC = {**{name: getattr(odeplug, name) for name in odeplug.__all__},
-          **{f"plot.{name}": getattr(odeplug.plot, name) for name in odeplug.plot.__all__}}
+          **{f"plot.{name}": getattr(odeplug.plot, name) for name in odeplug.plot.__all__},
+          **{f"datasets.{name}": getattr(odeplug.datasets, name)
+             for name in odeplug.datasets.__all__}}
 # Tuples of names: documented by hand on the API page (``.. data::``), with an example.
 CONSTANTS = {name for name, obj in PUBLIC.items() if isinstance(obj, tuple)}
 

@@ -433,5 +433,6 @@ def test_grid_over_values_compiles_once_per_batch_shape():
         small(backend="jax", hidden_layer_sizes=(5, 3), max_iter=2, batch_size=32),
         {"learning_rate_init": [1e-3, 1e-2, 3e-2], "rtol": [1e-3, 1e-2, 1e-1]},
         cv=2, refit=False, error_score="raise").fit(X, y)
-    compiled = {k: v - before.get(k, 0) for k, v in programs.TRACE_COUNTS.items()}
+    compiled = {k: v - before.get(k, 0) for k, v in programs.TRACE_COUNTS.items()
+                if v != before.get(k, 0)}  # other families' counters are in the table too
     assert compiled == {"step": 1, "predict": 1}
