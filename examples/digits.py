@@ -69,6 +69,7 @@ def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     def column(table, key):
         return np.array([r[key] for r in table])
@@ -87,6 +88,9 @@ def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str,
                ylabel=f"test accuracy ({n_test} digits)",
                title="test accuracy against the cost per input")
     ax_acc.legend(fontsize=8)
+    # Plain numbers at a few NFE values: the default minor labels (3x10^0, ...) overlap.
+    ax_acc.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax_acc.set_xticks([2, 5, 10, 20, 50], labels=["2", "5", "10", "20", "50"])
 
     ax_nfe.semilogx(rtol, column(rows, "nfe"), "o-", label="mean")
     ax_nfe.fill_between(rtol, column(rows, "nfe10"), column(rows, "nfe90"), alpha=0.3,
