@@ -29,7 +29,7 @@ from odeplug._specs import CNFHyper, CNFSpec
 from .nn import mlp_field, mlp_field_jvp
 from .programs import (
     TRACE_COUNTS,
-    adam_init,
+    ParamsProgram,
     adam_update,
     as_arrays,
     precision,
@@ -162,17 +162,12 @@ def _flow_rows(spec: CNFSpec, static: SolveStatic) -> Callable:
     return jax.jit(rows)
 
 
-class CNFProgram:
+class CNFProgram(ParamsProgram):
     """CNF density: negative log-likelihood (+ RNODE's terms, + L2), Adam; see
     ``odeplug._specs.CNFSpec``. Batch: ``(X,)``, or ``(X, noise)`` with Hutchinson.
 
     The training state is ``{"params": dict of JAX arrays, "opt": optax's Adam state}``.
     """
-
-    def __init__(self, spec: CNFSpec):
-        self.spec = spec
-        self.np_dtype = np.dtype(spec.dtype)
-        self.names = tuple(spec.param_shapes())
 
     def velocity(self, params: dict, t, z):
         """``f(t, z)``: the vector field on states ``z`` ``(m, d)`` at a time ``t``
@@ -180,12 +175,6 @@ class CNFProgram:
         return _CNF(self.spec).field(t, z, params)
 
     # --------------------------------------------------------------- training
-
-    def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
-        self.spec.check_params(params)
-        with precision(self.np_dtype):
-            arrays = as_arrays(params, self.names, self.np_dtype, copy=True)
-            return {"params": arrays, "opt": adam_init(arrays)}
 
     def step(self, state: dict[str, Any], batch, hyper: CNFHyper):
         X = np.asarray(batch[0], dtype=self.np_dtype)
@@ -205,10 +194,6 @@ class CNFProgram:
         # The step's own compilation with a zero step size, its new state dropped.
         _, metrics = self.step(state, batch, dataclasses.replace(hyper, learning_rate=0.0))
         return metrics
-
-    def get_params(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
-        host = jax.device_get(state["params"])
-        return {k: np.array(host[k]) for k in self.names}
 
     # -------------------------------------------------------------- inference
 

@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,7 @@ from odeplug._specs import LatentHyper, LatentODESpec
 from .nn import dense, gru_cell, mlp
 from .programs import (
     TRACE_COUNTS,
-    adam_init,
+    ParamsProgram,
     adam_update,
     as_arrays,
     precision,
@@ -269,23 +268,12 @@ def _trajectory_rows(spec: LatentODESpec, static: SolveStatic) -> Callable:
     return jax.jit(rows)
 
 
-class LatentProgram:
+class LatentProgram(ParamsProgram):
     """Latent ODE: negative ELBO, Adam; see ``odeplug._specs.LatentODESpec``.
 
     The training state is ``{"params": dict of JAX arrays, "opt": optax's Adam state}``;
     ``step`` returns a new one.
     """
-
-    def __init__(self, spec: LatentODESpec):
-        self.spec = spec
-        self.np_dtype = np.dtype(spec.dtype)
-        self.names = tuple(spec.param_shapes())
-
-    def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
-        self.spec.check_params(params)
-        with precision(self.np_dtype):
-            arrays = as_arrays(params, self.names, self.np_dtype, copy=True)
-            return {"params": arrays, "opt": adam_init(arrays)}
 
     def _batch(self, batch) -> dict[str, np.ndarray]:
         enc_values, enc_mask, enc_times, dec_times, dec_values, dec_mask, eps = batch
@@ -310,10 +298,6 @@ class LatentProgram:
         # The step's compilation with a zero step size, its new state dropped.
         _, metrics = self.step(state, batch, dataclasses.replace(hyper, learning_rate=0.0))
         return metrics
-
-    def get_params(self, state) -> dict[str, np.ndarray]:
-        host = jax.device_get(state["params"])
-        return {k: np.array(host[k]) for k in self.names}
 
     # --------------------------------------------------------------- inference
 

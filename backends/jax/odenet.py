@@ -22,7 +22,7 @@ from odeplug._specs import Hyper, ODENetSpec
 from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
 from .programs import (
     TRACE_COUNTS,
-    adam_init,
+    ParamsProgram,
     adam_update,
     as_arrays,
     precision,
@@ -116,23 +116,12 @@ def _predict_rows(spec: ODENetSpec, static: SolveStatic) -> Callable:
     return jax.jit(rows)
 
 
-class ODENetProgram:
+class ODENetProgram(ParamsProgram):
     """ODE-Net classifier: cross-entropy + L2, Adam; see ``odeplug._specs.ODENetSpec``.
 
     The training state is ``{"params": dict of JAX arrays, "opt": optax's Adam state}``;
     ``step`` returns a new one (JAX arrays are immutable).
     """
-
-    def __init__(self, spec: ODENetSpec):
-        self.spec = spec
-        self.np_dtype = np.dtype(spec.dtype)
-        self.names = tuple(spec.param_shapes())
-
-    def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
-        self.spec.check_params(params)
-        with precision(self.np_dtype):
-            arrays = as_arrays(params, self.names, self.np_dtype, copy=True)
-            return {"params": arrays, "opt": adam_init(arrays)}
 
     def step(self, state: dict[str, Any], batch: tuple[np.ndarray, np.ndarray], hyper: Hyper):
         X, y = batch
@@ -149,10 +138,6 @@ class ODENetProgram:
         # loss of the state's parameters costs no compilation of its own.
         _, metrics = self.step(state, batch, dataclasses.replace(hyper, learning_rate=0.0))
         return metrics
-
-    def get_params(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
-        host = jax.device_get(state["params"])
-        return {k: np.array(host[k]) for k in self.names}
 
     def predict(self, params: dict[str, np.ndarray], X: np.ndarray, hyper: Hyper):
         """Log-probabilities (float64); each input is solved alone, with its own adaptive

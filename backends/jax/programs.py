@@ -69,6 +69,7 @@ from .solve import (
 
 __all__ = [
     "CHUNK_ROWS",
+    "ParamsProgram",
     "TRACE_COUNTS",
     "adam_init",
     "adam_update",
@@ -186,6 +187,28 @@ def shard_batch(args: tuple, batch: tuple[int, ...] | None = None) -> tuple:
     split, whole = _shardings(devices[:used])
     return tuple(jax.device_put(arg, split if i in batch else whole)
                  for i, arg in enumerate(args))
+
+
+class ParamsProgram:
+    """What every family's program shares: the training state ``{"params": dict of JAX
+    arrays, "opt": optax's Adam state}`` made from canonical parameters, and canonical
+    NumPy parameters read back from it. A family adds ``step``, ``evaluate`` and its
+    inference entry points."""
+
+    def __init__(self, spec: Any):
+        self.spec = spec
+        self.np_dtype = np.dtype(spec.dtype)
+        self.names = tuple(spec.param_shapes())
+
+    def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
+        self.spec.check_params(params)
+        with precision(self.np_dtype):
+            arrays = as_arrays(params, self.names, self.np_dtype, copy=True)
+            return {"params": arrays, "opt": adam_init(arrays)}
+
+    def get_params(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
+        host = jax.device_get(state["params"])
+        return {k: np.array(host[k]) for k in self.names}
 
 
 def make_program(spec: Any):
