@@ -171,6 +171,7 @@ class FlowMatchingSpec(ModelSpec):
     """
 
     family: ClassVar[str] = "density"
+    program: ClassVar[tuple[str, str]] = ("flow_matching", "FlowMatchingProgram")
 
     cnf: Any
 

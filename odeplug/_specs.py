@@ -167,6 +167,10 @@ class ModelSpec:
     """
 
     family: ClassVar[str] = ""
+    # Where every engine keeps this spec's program: (module of the engine's package,
+    # class). Every engine has the same floor plan, so the dispatch is written once
+    # (``Backend.make_program``).
+    program: ClassVar[tuple[str, str] | None] = None
     dtype: str
 
     def param_table(self) -> dict[str, Param]:
@@ -247,6 +251,7 @@ class ODENetSpec(ModelSpec):
     """
 
     family: ClassVar[str] = "classifier"
+    program: ClassVar[tuple[str, str]] = ("odenet", "ODENetProgram")
 
     n_features: int
     n_outputs: int
@@ -316,6 +321,7 @@ class CNFSpec(ModelSpec):
     """
 
     family: ClassVar[str] = "density"
+    program: ClassVar[tuple[str, str]] = ("cnf", "CNFProgram")
 
     n_features: int
     field_hidden: tuple[int, ...]
@@ -384,6 +390,7 @@ class LatentODESpec(ModelSpec):
     """
 
     family: ClassVar[str] = "latent"
+    program: ClassVar[tuple[str, str]] = ("latent", "LatentProgram")
 
     n_channels: int
     latent_dim: int

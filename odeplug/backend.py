@@ -5,7 +5,10 @@ A backend is an object with a ``name`` that provides
 1. ``odeint(func, y0, t, args, config)`` on its own arrays, returning the states at
    every time of ``t`` and an :class:`~odeplug.ODEStats`;
 2. ``make_program(spec)``: for a model spec (a frozen dataclass of the core, see
-   ``odeplug._specs``), a program with ``init``, ``step`` and ``predict``;
+   ``odeplug._specs``), a program with ``init``, ``step`` and the family's inference
+   (:mod:`odeplug._protocols`). An engine with odeplug's floor plan names its package
+   (``programs_package``) and the default finds the program where the spec says
+   (``spec.program``: module and class);
 3. optionally, devices: ``resolve_device(name)`` turns an estimator's ``device``
    (:data:`DEVICES`) into ``"cpu"`` or ``"cuda"`` (or raises
    :class:`~odeplug.DeviceNotAvailableError`), and ``device_scope(device)`` is the block
@@ -67,6 +70,10 @@ class Backend(abc.ABC):
         an array of such a type here when no ``backend=`` is given.
     default_dtype : str
         Floating dtype of the estimators' parameters on this engine.
+    programs_package : str or None
+        The package holding the engine's model programs in odeplug's floor plan
+        (``odenet``, ``cnf``, ``flow_matching``, ``latent`` modules); None: the engine
+        has none, or overrides :meth:`make_program`.
 
     See Also
     --------
@@ -85,6 +92,7 @@ class Backend(abc.ABC):
     install: ClassVar[str] = ""
     array_modules: ClassVar[tuple[str, ...]] = ()
     default_dtype: ClassVar[str] = "float32"
+    programs_package: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def odeint(self, func: Callable, y0: Any, t: Any, args: Any, config: Any, *,
@@ -99,8 +107,24 @@ class Backend(abc.ABC):
         """
 
     def make_program(self, spec: Any) -> Any:
-        """The program (``init``, ``step``, ``predict``) of a model spec."""
-        raise NotImplementedError(f"backend {self.name!r} has no program for {type(spec).__name__}")
+        """The program of a model spec: the class ``spec.program`` names, from its
+        module in :attr:`programs_package`.
+
+        Examples
+        --------
+        >>> import odeplug
+        >>> from odeplug._specs import ODENetSpec
+        >>> spec = ODENetSpec(n_features=2, n_outputs=2, embed_dim=4, field_hidden=(4,),
+        ...                   augment_dim=0, activation="relu", field_activation="tanh")
+        >>> type(odeplug.get_backend("reference").make_program(spec)).__name__
+        'ODENetProgram'
+        """
+        location = getattr(spec, "program", None)
+        if self.programs_package is None or location is None:
+            raise NotImplementedError(
+                f"the {self.name} engine has no program for {type(spec).__name__}")
+        module, attr = location
+        return getattr(importlib.import_module(f"{self.programs_package}.{module}"), attr)(spec)
 
     def limit_threads(self, n: int) -> contextlib.AbstractContextManager:
         """Limit the engine's own thread pools to ``n`` (BLAS is handled by the core)."""

@@ -157,9 +157,7 @@ def test_the_optimal_field_carries_the_smoothed_data_to_the_base_on_cnf_time():
 
 
 def _reference():
-    from odeplug.reference.programs import make_program
-
-    return make_program
+    return odeplug.get_backend("reference").make_program
 
 
 def test_reference_loss_is_the_regression_of_the_field_onto_the_target():

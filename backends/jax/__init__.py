@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from odeplug._config import resolve_jax_cache_dir
 from odeplug.backend import Backend
@@ -17,6 +17,7 @@ class JaxBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("jax", "diffrax", "equinox", "optax")
     install: ClassVar[str] = 'pip install "odeplug[jax]"'
     array_modules: ClassVar[tuple[str, ...]] = ("jax", "jaxlib")
+    programs_package: ClassVar[str] = "odeplug_backends.jax"
 
     def __init__(self) -> None:
         # Once per process: the registry makes one instance of each engine.
@@ -26,11 +27,6 @@ class JaxBackend(Backend):
         from .solve import odeint
 
         return odeint(func, y0, t, args, config, count_backward=count_backward)
-
-    def make_program(self, spec: Any) -> Any:
-        from .programs import make_program
-
-        return make_program(spec)
 
     def gpu_missing(self) -> str | None:
         from .programs import platform_devices

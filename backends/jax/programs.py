@@ -51,7 +51,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from odeplug._protocols import ROW_COUNTERS
 from odeplug._solver_options import ODESolveConfig
-from odeplug._specs import CNFSpec, Hyper, LatentODESpec, ODENetSpec
+from odeplug._specs import Hyper
 from odeplug.exceptions import SolverError
 
 from .solve import (
@@ -75,7 +75,6 @@ __all__ = [
     "adam_update",
     "as_arrays",
     "batch_positions",
-    "make_program",
     "placed_on",
     "platform_devices",
     "precision",
@@ -209,30 +208,6 @@ class ParamsProgram:
     def get_params(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
         host = jax.device_get(state["params"])
         return {k: np.array(host[k]) for k in self.names}
-
-
-def make_program(spec: Any):
-    """The JAX engine's program of a model spec."""
-    # Flow matching trains a CNF's parameters by regression: its own program.
-    from odeplug._flow_matching import FlowMatchingSpec
-
-    if isinstance(spec, FlowMatchingSpec):
-        from .flow_matching import FlowMatchingProgram
-
-        return FlowMatchingProgram(spec)
-    if isinstance(spec, ODENetSpec):
-        from .odenet import ODENetProgram
-
-        return ODENetProgram(spec)
-    if isinstance(spec, CNFSpec):
-        from .cnf import CNFProgram
-
-        return CNFProgram(spec)
-    if isinstance(spec, LatentODESpec):
-        from .latent import LatentProgram
-
-        return LatentProgram(spec)
-    raise NotImplementedError(f"the jax engine has no program for {type(spec).__name__}")
 
 
 def solve_key(solve: ODESolveConfig) -> SolveStatic:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from odeplug.backend import Backend
 
@@ -18,16 +18,12 @@ class TorchBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("torch", "torchdiffeq")
     install: ClassVar[str] = 'pip install "odeplug[torch]"'
     array_modules: ClassVar[tuple[str, ...]] = ("torch",)
+    programs_package: ClassVar[str] = "odeplug_backends.torch"
 
     def odeint(self, func, y0, t, args, config, *, count_backward=True):
         from .solve import odeint
 
         return odeint(func, y0, t, args, config, count_backward=count_backward)
-
-    def make_program(self, spec: Any) -> Any:
-        from .programs import make_program
-
-        return make_program(spec)
 
     def limit_threads(self, n: int) -> contextlib.AbstractContextManager:
         """``torch.set_num_threads(n)`` inside the block; the previous count after it."""

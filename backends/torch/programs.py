@@ -1,6 +1,5 @@
-"""What the model families' programs share on the torch engine: the dispatch from a spec
-to its program, NumPy <-> tensor conversion, Adam's settings per step and the L2
-penalty.
+"""What the model families' programs share on the torch engine: NumPy <-> tensor
+conversion, Adam's settings per step and the L2 penalty.
 
 Devices. The estimators run every program call inside the engine's
 ``device_scope(device)`` (:func:`placed_on`): there :func:`tensor` and :func:`view` put
@@ -20,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from odeplug._specs import CNFSpec, Hyper, LatentODESpec, ODENetSpec
+from odeplug._specs import Hyper
 
-__all__ = ["current_device", "l2_penalty", "make_program", "placed_on", "set_adam_hyper",
+__all__ = ["current_device", "l2_penalty", "placed_on", "set_adam_hyper",
            "tensor", "view"]
 
 _CPU = torch.device("cpu")
@@ -55,30 +54,6 @@ def placed_on(device: str | torch.device) -> Iterator[torch.device]:
                 yield device
     finally:
         _placement.device = previous
-
-
-def make_program(spec: Any):
-    """The torch engine's program of a model spec."""
-    # Flow matching trains a CNF's parameters by regression: its own program.
-    from odeplug._flow_matching import FlowMatchingSpec
-
-    if isinstance(spec, FlowMatchingSpec):
-        from .flow_matching import FlowMatchingProgram
-
-        return FlowMatchingProgram(spec)
-    if isinstance(spec, ODENetSpec):
-        from .odenet import ODENetProgram
-
-        return ODENetProgram(spec)
-    if isinstance(spec, CNFSpec):
-        from .cnf import CNFProgram
-
-        return CNFProgram(spec)
-    if isinstance(spec, LatentODESpec):
-        from .latent import LatentProgram
-
-        return LatentProgram(spec)
-    raise NotImplementedError(f"the torch engine has no program for {type(spec).__name__}")
 
 
 def tensor(array: Any, dtype: np.dtype) -> torch.Tensor:

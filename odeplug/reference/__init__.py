@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ..backend import Backend
 
@@ -16,6 +16,7 @@ class ReferenceBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("numpy", "autograd")
     install: ClassVar[str] = "pip install odeplug"
     array_modules: ClassVar[tuple[str, ...]] = ("numpy", "autograd")
+    programs_package: ClassVar[str] = "odeplug.reference"
     # NumPy is as fast in float64 as in float32 at these sizes, and float64 keeps
     # predictions independent of how inputs are grouped.
     default_dtype: ClassVar[str] = "float64"
@@ -24,8 +25,3 @@ class ReferenceBackend(Backend):
         from .solve import odeint
 
         return odeint(func, y0, t, args, config, count_backward=count_backward)
-
-    def make_program(self, spec: Any) -> Any:
-        from .programs import make_program
-
-        return make_program(spec)

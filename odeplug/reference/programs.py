@@ -1,5 +1,5 @@
-"""What the model families' programs share on the reference engine: the dispatch from a
-spec to its program, Adam, and the L2 penalty."""
+"""What the model families' programs share on the reference engine: Adam and the L2
+penalty."""
 
 from __future__ import annotations
 
@@ -8,33 +8,9 @@ from typing import Any
 import autograd.numpy as anp
 import numpy as np
 
-from .._specs import CNFSpec, Hyper, LatentODESpec, ODENetSpec
+from .._specs import Hyper
 
-__all__ = ["Adam", "l2_penalty", "make_program"]
-
-
-def make_program(spec: Any):
-    """The reference engine's program of a model spec."""
-    # Flow matching trains a CNF's parameters by regression: its own program.
-    from .._flow_matching import FlowMatchingSpec
-
-    if isinstance(spec, FlowMatchingSpec):
-        from .flow_matching import FlowMatchingProgram
-
-        return FlowMatchingProgram(spec)
-    if isinstance(spec, ODENetSpec):
-        from .odenet import ODENetProgram
-
-        return ODENetProgram(spec)
-    if isinstance(spec, CNFSpec):
-        from .cnf import CNFProgram
-
-        return CNFProgram(spec)
-    if isinstance(spec, LatentODESpec):
-        from .latent import LatentProgram
-
-        return LatentProgram(spec)
-    raise NotImplementedError(f"the reference engine has no program for {type(spec).__name__}")
+__all__ = ["Adam", "l2_penalty"]
 
 
 class Adam:

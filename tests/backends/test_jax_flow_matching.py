@@ -16,14 +16,16 @@ pytest.importorskip("diffrax")
 pytest.importorskip("optax")
 
 from odeplug_backends.jax import programs  # noqa: E402
-from odeplug_backends.jax.programs import make_program  # noqa: E402
 
-from odeplug.reference.programs import make_program as reference_program  # noqa: E402
+import odeplug  # noqa: E402
 from tests.backends.flow_matching import fm_batch, fm_hyper, fm_spec  # noqa: E402
 from tests.backends.programs import (  # noqa: E402
     assert_evaluate_keeps_state,
     assert_first_step_matches,
 )
+
+make_program = odeplug.get_backend("jax").make_program
+reference_program = odeplug.get_backend("reference").make_program
 
 # Two specs, one batch size: each compiles its step once for the module.
 SPEC32 = fm_spec(dtype="float32", field_hidden=(8, 8), field_activation="softplus")

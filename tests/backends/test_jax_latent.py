@@ -16,12 +16,14 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("diffrax")
 
 from odeplug_backends.jax import programs  # noqa: E402
-from odeplug_backends.jax.programs import make_program  # noqa: E402
 
+import odeplug  # noqa: E402
 from odeplug._solver_options import make_solve_config  # noqa: E402
 from odeplug.reference.latent import LatentProgram as ReferenceProgram  # noqa: E402
 from tests.backends import latent_programs as checks  # noqa: E402
 from tests.backends.programs import assert_evaluate_keeps_state  # noqa: E402
+
+make_program = odeplug.get_backend("jax").make_program
 
 
 def _first_moments(state):

@@ -23,19 +23,20 @@ pytest.importorskip("optax")
 
 from odeplug_backends.jax import programs  # noqa: E402
 from odeplug_backends.jax.nn import ACTIVATIONS  # noqa: E402
-from odeplug_backends.jax.programs import make_program  # noqa: E402
 
 import odeplug  # noqa: E402
 from odeplug import SolverError  # noqa: E402
 from odeplug._solver_options import make_solve_config  # noqa: E402
 from odeplug.reference.nn import activations  # noqa: E402
-from odeplug.reference.programs import make_program as reference_program  # noqa: E402
 from tests.backends.programs import (  # noqa: E402
     assert_evaluate_keeps_state,
     assert_first_step_matches,
     make_batch,
     spec_and_hyper,
 )
+
+make_program = odeplug.get_backend("jax").make_program
+reference_program = odeplug.get_backend("reference").make_program
 
 RK4 = dict(solver="rk4", step_size=0.25)
 DOPRI5 = dict(solver="dopri5", rtol=1e-5, atol=1e-7)

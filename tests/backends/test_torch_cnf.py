@@ -14,10 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-from odeplug_backends.torch.programs import make_program  # noqa: E402
-
+import odeplug  # noqa: E402
 from odeplug._solver_options import make_solve_config  # noqa: E402
-from odeplug.reference.programs import make_program as reference_program  # noqa: E402
 from tests.backends.programs import (  # noqa: E402
     assert_cnf_inference_matches,
     assert_evaluate_keeps_state,
@@ -26,6 +24,9 @@ from tests.backends.programs import (  # noqa: E402
     cnf_spec_and_hyper,
 )
 from tests.backends.test_torch_odenet import _torch_moments, _torch_snapshot  # noqa: E402
+
+make_program = odeplug.get_backend("torch").make_program
+reference_program = odeplug.get_backend("reference").make_program
 
 RK4 = dict(solver="rk4", step_size=0.25)
 

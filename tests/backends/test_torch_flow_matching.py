@@ -14,14 +14,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-from odeplug_backends.torch.programs import make_program  # noqa: E402
-
-from odeplug.reference.programs import make_program as reference_program  # noqa: E402
+import odeplug  # noqa: E402
 from tests.backends.flow_matching import fm_batch, fm_hyper, fm_spec  # noqa: E402
 from tests.backends.programs import (  # noqa: E402
     assert_evaluate_keeps_state,
     assert_first_step_matches,
 )
+
+make_program = odeplug.get_backend("torch").make_program
+reference_program = odeplug.get_backend("reference").make_program
 
 
 def _moments(state):

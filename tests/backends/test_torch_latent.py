@@ -14,10 +14,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-from odeplug_backends.torch.programs import make_program  # noqa: E402
-
+import odeplug  # noqa: E402
 from tests.backends import latent_programs as checks  # noqa: E402
 from tests.backends.programs import assert_evaluate_keeps_state  # noqa: E402
+
+make_program = odeplug.get_backend("torch").make_program
 
 
 def _first_moments(state):

@@ -21,20 +21,21 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-from odeplug_backends.torch.programs import make_program  # noqa: E402
 from sklearn.datasets import make_moons  # noqa: E402
 
 import odeplug  # noqa: E402
 from odeplug import ODEClassifier, SolverError  # noqa: E402
 from odeplug._solver_options import make_solve_config  # noqa: E402
 from odeplug._specs import GlorotUniform  # noqa: E402
-from odeplug.reference.programs import make_program as reference_program  # noqa: E402
 from tests.backends.programs import (  # noqa: E402
     assert_evaluate_keeps_state,
     assert_first_step_matches,
     make_batch,
     spec_and_hyper,
 )
+
+make_program = odeplug.get_backend("torch").make_program
+reference_program = odeplug.get_backend("reference").make_program
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::sklearn.exceptions.ConvergenceWarning")

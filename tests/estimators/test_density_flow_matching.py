@@ -19,7 +19,8 @@ from scipy import stats
 import odeplug
 from odeplug import CNFDensity
 from odeplug._flow_matching import gaussian_optimal_field
-from odeplug.reference.programs import make_program as reference_program
+
+reference_program = odeplug.get_backend("reference").make_program
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
