@@ -13,6 +13,12 @@ parameters, and guarantees that the parameters it hands back can be used:
   that explodes relative to the best one seen (:data:`EXPLOSION_FACTOR`), or a failed
   solve in a step or in the validation score. The error carries the last verified
   parameters; the estimator decides what to keep.
+* **Step-size schedule** (``learning_rate``, scikit-learn's MLP vocabulary, applied to
+  Adam): ``"constant"`` keeps ``learning_rate_init``; ``"adaptive"`` divides the step
+  size by :data:`ADAPTIVE_FACTOR` each time the tolerance rule fires, instead of
+  stopping, and stops once it fires at a step size of :data:`MIN_ADAPTIVE_RATE` or less
+  (as scikit-learn's ``SGDOptimizer.trigger_stopping``). The step size of each epoch is
+  the curve ``learning_rate``.
 * **Ctrl-C**: after at least one completed epoch, the loop stops and reports it, with the
   verified parameters; before any epoch completed, ``KeyboardInterrupt`` propagates and
   the estimator restores itself as it was.
@@ -26,6 +32,7 @@ most twice in an epoch; ``t_`` counts the rows processed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +42,16 @@ import numpy as np
 
 from .exceptions import SolverError, TrainingDivergedError
 
-__all__ = ["EXPLOSION_FACTOR", "TrainingHistory", "TrainingOutcome", "train"]
+__all__ = ["ADAPTIVE_FACTOR", "EXPLOSION_FACTOR", "LEARNING_RATE_SCHEDULES",
+           "MIN_ADAPTIVE_RATE", "TrainingHistory", "TrainingOutcome", "train"]
+
+LEARNING_RATE_SCHEDULES = ("constant", "adaptive")
+# scikit-learn's "adaptive" schedule: divide by 5 on a plateau, stop at 1e-6. Adam's
+# update is scale-free in the gradient, so its step size is the parameters' step: a
+# plateau at a constant step is Adam's noise floor (the minibatch gradient's noise times
+# the step), and a fifth of the step lowers that floor without retraining from scratch.
+ADAPTIVE_FACTOR = 5.0
+MIN_ADAPTIVE_RATE = 1e-6
 
 # A minibatch loss above best + EXPLOSION_FACTOR * max(1, |best|) is an explosion. Losses
 # of healthy fits move by far less between minibatches (cross-entropies by a few nats,
@@ -112,6 +128,7 @@ def train(
     rng: np.random.RandomState,
     tol: float,
     n_iter_no_change: int,
+    learning_rate: str = "constant",
     validation_score: Callable[[dict[str, np.ndarray]], float] | None = None,
     draw_noise: Callable[[np.random.RandomState, int], tuple[np.ndarray, ...]] | None = None,
     prepare_batch: Callable[[np.random.RandomState, tuple[np.ndarray, ...]],
@@ -132,6 +149,10 @@ def train(
     hyper : Hyper or callable
         The step's values, or ``hyper(epoch) -> Hyper`` (epochs from 1, counted over
         the whole history) for schedules such as KL annealing.
+    learning_rate : {"constant", "adaptive"}
+        The step-size schedule (module docstring); ``"adaptive"`` starts every call at
+        ``hyper``'s ``learning_rate``, as scikit-learn's MLP builds a new optimiser for
+        every ``fit``.
     validation_score : callable, optional
         Early stopping: ``score(params) -> float`` (higher is better) after each epoch;
         training stops when it has not improved by ``tol`` for ``n_iter_no_change``
@@ -152,7 +173,11 @@ def train(
     KeyboardInterrupt
         Interrupted before any epoch of this call completed.
     """
+    if learning_rate not in LEARNING_RATE_SCHEDULES:
+        raise ValueError(f"learning_rate must be one of {LEARNING_RATE_SCHEDULES}, got "
+                         f"{learning_rate!r}")
     hyper_at = hyper if callable(hyper) else (lambda epoch: hyper)
+    scale = 1.0  # of the step size, divided on plateaus by the "adaptive" schedule
     n_samples = arrays[0].shape[0]
     verified = None  # parameters a finite, sane loss was computed from
     best_step = math.inf  # lowest minibatch loss of this call
@@ -182,6 +207,9 @@ def train(
         for _ in range(max_iter):
             epoch = history.n_iter + 1
             current = hyper_at(epoch)
+            if scale != 1.0:
+                current = dataclasses.replace(
+                    current, learning_rate=current.learning_rate / scale)
             sums: dict[str, float | None] = {}
             batches = epoch_batches(n_samples, batch_size, rng)
             for idx in batches:
@@ -196,9 +224,11 @@ def train(
                 verified, best_step = before, min(best_step, loss)
                 _accumulate(sums, metrics)
             n_batches = len(batches)
-            for name, total in sums.items():
-                history.curves.setdefault(name, [None] * (epoch - 1)).append(
-                    None if total is None else total / n_batches)
+            means = {name: None if total is None else total / n_batches
+                     for name, total in sums.items()}
+            means["learning_rate"] = current.learning_rate
+            for name, mean in means.items():
+                history.curves.setdefault(name, [None] * (epoch - 1)).append(mean)
             for values in history.curves.values():  # a metric missing this epoch
                 if len(values) < epoch:
                     values.append(None)
@@ -226,6 +256,14 @@ def train(
             history.no_improvement_count = 0 if improved else history.no_improvement_count + 1
             _report(progress, history)
             if history.no_improvement_count > n_iter_no_change:
+                if learning_rate == "adaptive" and current.learning_rate > MIN_ADAPTIVE_RATE:
+                    scale *= ADAPTIVE_FACTOR
+                    history.no_improvement_count = 0
+                    if progress is not None:
+                        progress.write(f"epoch {epoch}: no improvement in "
+                                       f"{n_iter_no_change + 1} epochs, learning rate "
+                                       f"{current.learning_rate / ADAPTIVE_FACTOR:.3g}")
+                    continue
                 converged = True
                 break
         # The last step's parameters have no loss yet: compute one, without a step.

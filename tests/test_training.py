@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 
 from odeplug import SolverError, TrainingDivergedError
-from odeplug._training import EXPLOSION_FACTOR, TrainingHistory, epoch_batches, train
+from odeplug._solver_options import make_solve_config
+from odeplug._specs import Hyper
+from odeplug._training import (
+    ADAPTIVE_FACTOR,
+    EXPLOSION_FACTOR,
+    MIN_ADAPTIVE_RATE,
+    TrainingHistory,
+    epoch_batches,
+    train,
+)
+
+HYPER = Hyper(solve=make_solve_config(), learning_rate=1e-2)
 
 
 class Scripted:
@@ -25,6 +36,7 @@ class Scripted:
         self.final = final
         self.metrics = metrics or {}
         self.batches = []
+        self.learning_rates = []  # of every step
 
     def init(self, params):
         return {"w": np.array(0.0)}
@@ -32,6 +44,7 @@ class Scripted:
     def step(self, state, batch, hyper):
         k = int(state["w"])
         self.batches.append(batch)
+        self.learning_rates.append(hyper.learning_rate)
         outcome = self.losses[k]
         if isinstance(outcome, BaseException):
             raise outcome
@@ -50,9 +63,10 @@ class Scripted:
 def run(program, n_samples=8, batch_size=4, max_iter=3, history=None, **kwargs):
     history = TrainingHistory() if history is None else history
     X = np.arange(n_samples, dtype=float)[:, None]
-    outcome = train(program, program.init(None), (X,), history, hyper=None,
+    kwargs = {"tol": 0.0, "n_iter_no_change": 100, **kwargs}
+    outcome = train(program, program.init(None), (X,), history, hyper=HYPER,
                     max_iter=max_iter, batch_size=batch_size,
-                    rng=np.random.RandomState(0), tol=0.0, n_iter_no_change=100, **kwargs)
+                    rng=np.random.RandomState(0), **kwargs)
     return outcome, history
 
 
@@ -63,6 +77,7 @@ def test_records_every_metric_per_epoch():
     assert history.curves["nfe_forward"] == [10.5, 12.5]
     assert history.curves["nfe_backward"] == [None, None]
     assert history.curves["kl"] == [0.25, 0.25]
+    assert history.curves["learning_rate"] == [1e-2, 1e-2]
     assert history.n_iter == 2 and history.t_ == 16
     assert outcome.params == {"w": 4.0} and not outcome.converged
 
@@ -167,3 +182,44 @@ def test_prepare_batch_makes_what_the_step_takes_from_the_minibatch():
         np.testing.assert_array_equal(shifted, X + noise)
         assert drawn.shape == (4,)
     assert not np.array_equal(program.batches[0][1], program.batches[1][1])
+
+
+# ------------------------------------------------------------ step-size schedules
+
+
+def test_a_constant_step_size_stops_at_the_first_plateau():
+    program = Scripted([1.0] * 40)  # one batch per epoch, no progress after epoch 1
+    outcome, history = run(program, n_samples=4, max_iter=40, n_iter_no_change=2)
+    # Epoch 1 improves on inf; epochs 2, 3, 4 do not: more than 2 without progress.
+    assert history.n_iter == 4 and outcome.converged
+    assert set(program.learning_rates) == {1e-2}
+
+
+def test_the_adaptive_schedule_divides_the_step_size_on_each_plateau():
+    program = Scripted([1.0] * 40)
+    outcome, history = run(program, n_samples=4, max_iter=40, n_iter_no_change=2,
+                           learning_rate="adaptive")
+    rates = history.curves["learning_rate"]
+    assert rates == program.learning_rates  # what the steps were given
+    # Each plateau of 3 epochs divides the step by 5, instead of stopping, until it
+    # fires at a step of 1e-6 or less (scikit-learn's rule): 1e-2 / 5**k > 1e-6 for
+    # k <= 5, so six plateaus divide it and the seventh stops.
+    expected = [1e-2] * 4
+    for k in range(1, 7):
+        expected += [1e-2 / ADAPTIVE_FACTOR**k] * 3
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
+    assert rates[-1] <= MIN_ADAPTIVE_RATE < rates[-4]
+    assert outcome.converged
+
+
+def test_progress_resets_the_plateau_count_under_the_adaptive_schedule():
+    # Improving every epoch: the step size never changes.
+    program = Scripted([10.0 - k for k in range(8)])
+    _, history = run(program, n_samples=4, max_iter=8, n_iter_no_change=1,
+                     learning_rate="adaptive")
+    assert history.curves["learning_rate"] == [1e-2] * 8
+
+
+def test_an_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="learning_rate must be one of"):
+        run(Scripted([1.0]), learning_rate="invscaling")

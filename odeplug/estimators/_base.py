@@ -49,7 +49,7 @@ from .._parallel import CARRIED_ATTRIBUTE, applied, carried_for_clone
 from .._solver_options import SOLVERS, BacksolveAdjoint, ODESolveConfig, make_solve_config
 from .._specs import ACTIVATIONS, Hyper, ModelSpec
 from .._threads import limit_threads
-from .._training import TrainingHistory, train
+from .._training import LEARNING_RATE_SCHEDULES, TrainingHistory, train
 from ..backend import DEVICES, Backend, get_backend
 from ..exceptions import TrainingDivergedError
 from ._sklearn_compat import Interval, StrOptions, validate_params
@@ -76,6 +76,7 @@ COMMON_CONSTRAINTS: dict[str, list] = {
     "max_num_steps": [Interval(Integral, 1, None, closed="left")],
     "alpha": [Interval(Real, 0, None, closed="left")],
     "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+    "learning_rate": [StrOptions(set(LEARNING_RATE_SCHEDULES))],
     "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
     "max_iter": [Interval(Integral, 1, None, closed="left")],
     "tol": [Interval(Real, 0, None, closed="left")],
@@ -224,6 +225,7 @@ class ODEEstimatorBase(BaseEstimator):
                     program, state, arrays, history, hyper or self._hyper(),
                     max_iter=max_iter, batch_size=self._batch_size(arrays[0].shape[0]),
                     rng=rng, tol=float(self.tol), n_iter_no_change=int(self.n_iter_no_change),
+                    learning_rate=self.learning_rate,
                     validation_score=validation_score, draw_noise=draw_noise,
                     prepare_batch=prepare_batch, verbose=int(self.verbose),
                     desc=type(self).__name__)

@@ -75,6 +75,12 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         L2 penalty ``0.5 * alpha * sum(W**2) / batch_size`` on the weights.
     batch_size : int or "auto", default="auto"
         Minibatch size; "auto" is ``min(200, n_samples)``.
+    learning_rate : {"constant", "adaptive"}, default="constant"
+        Schedule of Adam's step size (scikit-learn's MLP names, applied to Adam):
+        "constant" keeps ``learning_rate_init``; "adaptive" divides it by 5 each time
+        ``n_iter_no_change`` epochs pass without progress, instead of stopping, and
+        stops once that happens at a step size of 1e-6 or less. Each epoch's step size
+        is in ``curves_["learning_rate"]``; ``partial_fit`` keeps the initial one.
     learning_rate_init : float, default=1e-3
         Adam's step size.
     max_iter : int, default=100
@@ -166,6 +172,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         max_num_steps=DEFAULT_MAX_NUM_STEPS,
         alpha=1.0,
         batch_size="auto",
+        learning_rate="constant",
         learning_rate_init=1e-3,
         max_iter=100,
         tol=1e-4,
@@ -191,6 +198,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         self.max_num_steps = max_num_steps
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
         self.max_iter = max_iter
         self.tol = tol

@@ -164,6 +164,26 @@ def test_warm_start_and_partial_fit_continue(engine):
     assert inc.loss_curve_[-1] < inc.loss_curve_[0]
 
 
+def test_the_adaptive_schedule_divides_the_step_size_on_plateaus(engine):
+    # tol=10: no epoch after the first counts as progress, so with n_iter_no_change=1
+    # every third epoch ends a plateau, and the next ones step a fifth as far.
+    settings = dict(backend=engine.name, max_iter=6, tol=10.0)
+    adaptive = small(learning_rate="adaptive", n_iter_no_change=1, **settings).fit(
+        X_TRAIN, Y_TRAIN)
+    lr = adaptive.learning_rate_init
+    np.testing.assert_allclose(adaptive.curves_["learning_rate"],
+                               [lr, lr, lr, lr / 5, lr / 5, lr / 25], rtol=1e-12)
+    assert adaptive.n_iter_ == 6
+    # A constant step under the same draws: the same first three epochs, then other
+    # losses, from the other step sizes the engine was given.
+    constant = small(n_iter_no_change=10, **settings).fit(X_TRAIN, Y_TRAIN)
+    assert constant.curves_["learning_rate"] == [lr] * 6
+    assert adaptive.loss_curve_[:3] == constant.loss_curve_[:3]
+    assert adaptive.loss_curve_[3] != constant.loss_curve_[3]
+    # Under the constant schedule the same plateau stops the fit.
+    assert small(n_iter_no_change=1, **settings).fit(X_TRAIN, Y_TRAIN).n_iter_ == 3
+
+
 def test_early_stopping_keeps_best_validation_params(engine, monkeypatch):
     # The validation score is the accuracy of the program's predict on the held-out
     # split: record the parameters of every epoch it scores.

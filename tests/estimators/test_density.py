@@ -232,7 +232,8 @@ def test_fitted_attributes(fitted):
                                   for kind in ("weight", "bias")}
     assert model.n_iter_ == len(model.loss_curve_) == 15
     assert set(model.curves_) == {"loss", "nll", "nfe_forward", "nfe_backward",
-                                  "kinetic_energy", "jacobian_norm"}  # RNODE by default
+                                  "kinetic_energy", "jacobian_norm",  # RNODE by default
+                                  "learning_rate"}
     assert model.nfe_["forward"] > 0 and model.t_ == 15 * 240
     assert model.get_feature_names_out().tolist() == ["cnfdensity0", "cnfdensity1"]
 

@@ -166,7 +166,8 @@ def test_rnode_weights_are_ignored_by_flow_matching(weight):
 
 def test_loss_curve_is_the_regression_loss(blobs_model):
     _, model = blobs_model
-    assert set(model.curves_) == {"loss", "mse", "nfe_forward", "nfe_backward"}
+    assert set(model.curves_) == {"loss", "mse", "nfe_forward", "nfe_backward",
+                                  "learning_rate"}
     assert model.loss_curve_ == model.curves_["loss"]
     # loss = mse + the L2 penalty, which is small but positive.
     gaps = np.subtract(model.curves_["loss"], model.curves_["mse"])
