@@ -80,7 +80,8 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         "constant" keeps ``learning_rate_init``; "adaptive" divides it by 5 each time
         ``n_iter_no_change`` epochs pass without progress, instead of stopping, and
         stops once that happens at a step size of 1e-6 or less. Each epoch's step size
-        is in ``curves_["learning_rate"]``; ``partial_fit`` keeps the initial one.
+        is in ``curves_["learning_rate"]``. Every ``fit`` (``warm_start`` too) starts at
+        ``learning_rate_init``, as scikit-learn's MLP; ``partial_fit`` stays there.
     learning_rate_init : float, default=1e-3
         Adam's step size.
     max_iter : int, default=100
