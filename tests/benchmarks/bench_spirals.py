@@ -62,8 +62,9 @@ def latent_model(data, args):
         backend=args.backend, obs_times=data.obs_times, target_times=data.target_times,
         encoder=args.encoder, latent_dim=4, encoder_hidden_sizes=(25,),
         field_hidden_sizes=(20,), decoder_hidden_sizes=(20,), kl_annealing=10,
-        learning_rate_init=args.lr, batch_size=args.batch_size, max_iter=args.epochs,
-        tol=0.0, n_iter_no_change=args.epochs, random_state=0)
+        learning_rate=args.schedule, learning_rate_init=args.lr, batch_size=args.batch_size,
+        max_iter=args.epochs, tol=0.0, n_iter_no_change=args.patience or args.epochs,
+        random_state=0)
 
 
 def fit_latent(data, X_train, y_train, X_test, args):
@@ -208,6 +209,10 @@ def main():
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--schedule", choices=("constant", "adaptive"), default="constant",
+                        help="the latent model's learning_rate")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="its n_iter_no_change (default: --epochs, which never fires)")
     parser.add_argument("--rnn-iters", type=int, default=500)
     parser.add_argument("--hgb-every", type=int, default=1,
                         help="fit every k-th target coordinate only (HGB is one model each)")
