@@ -145,9 +145,7 @@ def check(name: str, engine: str, quick: bool, simulate: bool = False) -> list[d
     import odeplug
 
     row = {"estimator": name, "engine": engine}
-    cls = getattr(odeplug, name, None)
-    if cls is None:
-        return [{**row, "status": f"skipped: {name} is not in this odeplug"}]
+    cls = getattr(odeplug, name)
     info = odeplug.available_backends().get(engine)
     if info is None or not info.available:
         return [{**row, "status": f"skipped: the {engine} engine is not installed"}]
