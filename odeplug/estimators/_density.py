@@ -137,7 +137,7 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         ``learning_rate_init``, as scikit-learn's MLP; ``partial_fit`` stays there. The
         default here is "adaptive" (the other estimators': "constant"): a density's
         negative log-likelihood plateaus at Adam's noise floor, and a smaller step
-        lowers it (moons: -1.165 nats against -1.199 at a constant step;
+        lowers it (moons: -1.165 nats against -1.198 at a constant step;
         ``docs/density.md``).
     learning_rate_init : float, default=5e-3
         Adam's initial step size (under the adaptive schedule 5e-3 beat 2e-3 on moons,
