@@ -36,6 +36,7 @@ import torch
 import torchdiffeq
 from torch import nn
 
+from odeplug._adjoint import augmented_dynamics, backsolve
 from odeplug._constant import Constant
 from odeplug._rows import solve_rows, solve_single
 from odeplug._solver_options import (
@@ -48,7 +49,7 @@ from odeplug._stepping import SCALARS, fixed_step_count, fixed_step_end, step_si
 from odeplug._validation import check_field_output, check_initial_state, check_time_grid
 from odeplug.exceptions import SolverError
 
-from . import _compat
+from . import _compat, _stepper
 
 __all__ = ["odeint", "odeint_rows", "SOLVERS"]
 
@@ -60,9 +61,9 @@ SOLVERS: dict[str, str] = _compat.METHODS
 
 def odeint(
     func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *, check: bool = True,
-    count_backward: bool = True,
+    count_backward: bool = True, implementation: str = "odeplug",
 ) -> tuple[torch.Tensor, ODEStats]:
-    """Solve ``dy/dt = func(t, y, args)`` with torchdiffeq; see :func:`odeplug.odeint`.
+    """Solve ``dy/dt = func(t, y, args)`` on torch; see :func:`odeplug.odeint`.
 
     Parameters
     ----------
@@ -88,6 +89,11 @@ def odeint(
         Count the VJPs of backpropagation (``adjoint=False``) in ``stats.nfe_backward``,
         by a tensor hook per evaluation; False skips the hooks (``nfe_backward`` stays
         0). The adjoint's backward solve is always counted (its cost is nil).
+    implementation : {"odeplug", "torchdiffeq"}, default="odeplug"
+        ``"odeplug"``: odeplug's own stepper (:mod:`._stepper`, the reference engine's
+        steps, every solver, the PI controller) and its own adjoint
+        (:class:`_AdjointSolve`). ``"torchdiffeq"``: torchdiffeq's ``odeint`` and
+        ``odeint_adjoint`` (no ``tsit5``, integral controller only), kept to compare.
 
     Returns
     -------
@@ -103,8 +109,50 @@ def odeint(
         reached, detached) of the forward solve; ``ts`` and ``ys`` None for a failure of
         the adjoint's backward solve.
     """
+
+    if implementation == "torchdiffeq":
+        return _odeint_torchdiffeq(func, y0, t, args, config, check=check,
+                                   count_backward=count_backward)
+    if implementation != "odeplug":
+        raise ValueError(f"implementation must be 'odeplug' or 'torchdiffeq', got "
+                         f"{implementation!r}")
     if check:
-        _check_config(config)
+        _check_config(config, implementation)
+        y0, t, args, direction = _prepare(y0, t, args)
+        _check_field(func, y0, t, args, adjoint=config.adjoint is not None)
+    else:
+        direction = 1 if t[-1] > t[0] else -1
+    field_args = _tree_map(_unwrap_constant, args)
+    stats = ODEStats()
+    s = t if direction > 0 else -t
+    s_host = s.detach().cpu().numpy().astype(np.float64)
+    if not config.adaptive:
+        n_fixed = fixed_step_count(SCALARS, float(s_host[0]), float(s_host[-1]),
+                                   config.step_size)
+        if n_fixed > config.max_num_steps:
+            _raise_fixed_step_failure(func, y0, t, field_args, config)
+    problem = _Problem(func, field_args, tuple(y0.shape), direction, config, stats, s_host)
+    if config.adjoint is None:
+        fun = problem.flat_field(count_vjps=count_backward)
+        outputs = _stepper.integrate(fun, y0.reshape(-1), s_host, config, stats,
+                                     ts=s if s.requires_grad else None, fail=problem.fail)
+        ys = torch.stack(outputs).reshape((len(s_host),) + problem.shape)
+    else:
+        params = _adjoint_params(func, args)
+        ys = _AdjointSolve.apply(problem, y0, s, *params)
+    if not config.adaptive and not bool(torch.isfinite(ys.detach()).all()):
+        # Fixed steps are not checked one by one (that would synchronise a GPU each
+        # step): the failure is found again, step by step, on the core's solver.
+        _raise_fixed_step_failure(func, y0, t, field_args, config)
+        problem.fail_on_outputs(ys)
+    return ys, stats
+
+
+def _odeint_torchdiffeq(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig,
+                        *, check: bool, count_backward: bool) -> tuple[torch.Tensor, ODEStats]:
+    """``odeint`` through torchdiffeq (``implementation="torchdiffeq"``)."""
+    if check:
+        _check_config(config, "torchdiffeq")
         y0, t, args, direction = _prepare(y0, t, args)
         _check_field(func, y0, t, args, adjoint=config.adjoint is not None)
     else:
@@ -181,7 +229,7 @@ def odeint_rows(
     counters : dict of str to numpy.ndarray of shape ``(n,)``
         ``nfe_forward``, ``n_steps`` and ``n_rejected`` of each row.
     """
-    _check_config(config)
+    _check_config(config, "odeplug")
     # Inference mode: about 15% less per-operation overhead than no_grad, on a loop of
     # small operations.
     with torch.inference_mode():
@@ -219,18 +267,20 @@ def _raise_fixed_step_failure(func: Callable, y0: torch.Tensor, t: torch.Tensor,
                      config)
 
 
-def _check_config(config: ODESolveConfig) -> None:
-    """What of the shared vocabulary torchdiffeq cannot do."""
-    if config.solver not in SOLVERS:
-        raise ValueError(
-            f"the torch engine (torchdiffeq) has no solver {config.solver!r}; "
-            f"it has {list(SOLVERS)}"
-        )
+def _check_config(config: ODESolveConfig, implementation: str) -> None:
+    """What of the shared vocabulary the implementation cannot do."""
     if config.solver in ADAPTIVE_SOLVERS and not config.adaptive:
         # Only a hand-built ODESolveConfig gets here (make_solve_config refuses it).
         raise ValueError(
             f"the torch engine runs {config.solver!r} with adaptive steps only; for a fixed "
             f"step_size use one of {list(FIXED_STEP_SOLVERS)}"
+        )
+    if implementation == "odeplug":
+        return
+    if config.solver not in SOLVERS:
+        raise ValueError(
+            f"the torch engine (torchdiffeq) has no solver {config.solver!r}; "
+            f"it has {list(SOLVERS)}"
         )
     if config.adaptive and (config.pcoeff != 0.0 or config.icoeff != 1.0):
         raise ValueError(
@@ -252,6 +302,132 @@ def _prepare(y0: Any, t: Any, args: Any) -> tuple[torch.Tensor, torch.Tensor, An
     t = t.to(y0.device)
     args = _tree_map(lambda leaf: _as_tensor_on(leaf, y0.device), args)
     return y0, t, args, direction
+
+
+# ------------------------------------------------------------ odeplug's own stepping
+
+
+class _Problem:
+    """One solve on the own stepper: the field on flat states in ``s = direction * t``,
+    its VJP for the adjoint, and the failures in the caller's times."""
+
+    def __init__(self, func: Callable, args: Any, shape: tuple, direction: int,
+                 config: ODESolveConfig, stats: ODEStats, s_host: np.ndarray):
+        self.func, self.args, self.shape, self.direction = func, args, shape, direction
+        self.config, self.stats, self.s_host = config, stats, s_host
+
+    def flat_field(self, count_vjps: bool = False) -> Callable:
+        func, args, shape, stats = self.func, self.args, self.shape, self.stats
+
+        def count(grad: torch.Tensor) -> None:
+            stats.nfe_backward += 1
+
+        def fun(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if self.direction > 0:
+                dy = func(s, y.view(shape), args)
+            else:
+                dy = -func(-s, y.view(shape), args)
+            if count_vjps and dy.requires_grad:
+                # Backpropagation passes through dy once per VJP of the field.
+                dy.register_hook(count)
+            return dy.reshape(-1)
+
+        return fun
+
+    def fail(self, reason: str, message: str, s_reached: float, outputs: list,
+             backward: bool = False) -> None:
+        t_reached = self.direction * float(s_reached)
+        t0, t1 = self.direction * self.s_host[0], self.direction * self.s_host[-1]
+        if backward:
+            span, ts, ys = f"in the adjoint's backward solve from {t1:.6g} to {t0:.6g}", \
+                None, None
+        else:
+            span = f"solving from {t0:.6g} to {t1:.6g}"
+            ts = self.direction * self.s_host[: len(outputs)]
+            ys = torch.stack(outputs).detach().reshape((len(outputs),) + self.shape)
+        raise SolverError(f"{message} at t={t_reached:.6g} ({span})", reason=reason,
+                          t=t_reached, ts=ts, ys=ys)
+
+    def fail_on_outputs(self, ys: torch.Tensor) -> None:
+        """The error of a fixed-step solve whose outputs are not all finite."""
+        finite = torch.isfinite(ys.detach()).reshape(len(ys), -1).all(dim=1)
+        first = int(torch.argmin(finite.to(torch.int8)))
+        outputs = list(ys[:first].detach().reshape(first, -1))
+        self.fail("non_finite", "non-finite state", self.s_host[first], outputs)
+
+
+class _AdjointSolve(torch.autograd.Function):
+    """The own stepper's solve, differentiated by the adjoint method (Chen et al. 2018,
+    Algorithm 1; :func:`odeplug._adjoint.backsolve`, shared with the reference engine).
+
+    The forward solve records no graph: memory holds the outputs only, whatever the
+    number of steps. The backward solve integrates ``[y, a, a_theta]`` interval by
+    interval, each evaluation one VJP of the field by ``torch.autograd.grad``.
+    """
+
+    @staticmethod
+    def forward(ctx, problem: _Problem, y0: torch.Tensor, s: torch.Tensor,
+                *params: torch.Tensor) -> torch.Tensor:
+        fun = problem.flat_field()
+        outputs = _stepper.integrate(fun, y0.reshape(-1), problem.s_host, problem.config,
+                                     problem.stats, fail=problem.fail)
+        ys = torch.stack(outputs)
+        ctx.problem, ctx.params, ctx.s_dtype = problem, params, s.dtype
+        ctx.save_for_backward(ys)
+        return ys.reshape((len(outputs),) + problem.shape)
+
+    @staticmethod
+    def backward(ctx, grad_ys: torch.Tensor):
+        problem, params = ctx.problem, ctx.params
+        (ys,) = ctx.saved_tensors
+        config, strategy = problem.config, problem.config.adjoint
+        n_state = ys.shape[1]
+        fun = problem.flat_field()
+        dtype = ys.dtype if not params else torch.promote_types(ys.dtype, params[0].dtype)
+        sizes = [p.numel() for p in params]
+
+        def vjp(s, y, a):
+            with torch.enable_grad():
+                y = y.detach().requires_grad_(True)
+                dy = fun(s, y)
+                grads = torch.autograd.grad(dy, (y, *params), a, allow_unused=True)
+            a_theta = [torch.zeros(n, dtype=dtype, device=ys.device) if grad is None
+                       else grad.reshape(-1).to(dtype)
+                       for grad, n in zip(grads[1:], sizes, strict=True)]
+            a_y = torch.zeros_like(y) if grads[0] is None else grads[0]
+            return dy.detach(), a_y, torch.cat(a_theta) if a_theta else a_y[:0]
+
+        augmented = augmented_dynamics(vjp, n_state, torch.cat)
+        backward_stats = ODEStats()
+
+        def fail(reason, message, r_reached, outputs):
+            problem.fail(reason, message, -r_reached, outputs, backward=True)
+
+        def solve_interval(z, r0, r1):
+            return _stepper.integrate(
+                augmented, z, np.array([r0, r1]), config, backward_stats,
+                rtol=strategy.rtol, atol=strategy.atol,
+                norm_size=2 * n_state if strategy.seminorm else None, fail=fail,
+            )[-1]
+
+        want_ts = ctx.needs_input_grad[2]
+        g = grad_ys.reshape(len(ys), -1)
+        s_host = problem.s_host
+        a_theta = torch.zeros(sum(sizes), dtype=dtype, device=ys.device)
+        with torch.no_grad():
+            a, a_theta, grad_ts = backsolve(
+                s_host.tolist(), ys, g, a_theta, n_state=n_state,
+                solve_interval=solve_interval, concat=torch.cat,
+                field=(lambda s, y: fun(torch.tensor(s, dtype=ys.dtype, device=ys.device), y))
+                if want_ts else None,
+                dot=torch.dot,
+            )
+        problem.stats.nfe_backward += backward_stats.nfe_forward + (len(ys) if want_ts else 0)
+        grad_s = torch.stack(grad_ts).to(ctx.s_dtype) if want_ts else None
+        grad_params = []
+        for p, piece in zip(params, torch.split(a_theta, sizes), strict=True):
+            grad_params.append(piece.reshape(p.shape).to(p.dtype))
+        return (None, a.reshape(problem.shape), grad_s, *grad_params)
 
 
 # ------------------------------------------------------------------------ the field

@@ -30,6 +30,7 @@ from autograd import make_vjp
 from autograd.extend import defvjp, defvjp_argnums, primitive
 from autograd.tracer import getval, isbox
 
+from .._adjoint import augmented_dynamics, backsolve
 from .._constant import Constant
 from .._rows import solve_rows
 from .._solver_options import ODESolveConfig, ODEStats
@@ -496,42 +497,42 @@ def _odeint_with_adjoint(y0, ts, theta, problem: _Problem):
 
 
 def _adjoint_vjp_maker(argnums, ys, args, kwargs):
-    """VJP of the solve by the adjoint method (Chen et al. 2018, Algorithm 1)."""
+    """VJP of the solve by the adjoint method (Chen et al. 2018, Algorithm 1): the
+    backward integration of :func:`odeplug._adjoint.backsolve`, shared with the torch
+    engine, on this engine's solver and autograd's VJP of the field."""
     _, ts, theta, problem = args
     ts = np.asarray(ts, dtype=np.float64)
     config, stats = problem.config, problem.stats
     strategy = config.adjoint
     n_state, n_theta = ys.shape[1], theta.shape[0]
 
-    def augmented(t, z):
-        # z = [y, a, a_theta] on the reversed time axis r = -t (solved forwards in r).
-        y, a = z[:n_state], z[n_state : 2 * n_state]
-        vjp, dy = make_vjp(lambda y_theta: problem.field(-t, y_theta[0], y_theta[1]))(
+    def field_vjp(s, y, a):
+        vjp, dy = make_vjp(lambda y_theta: problem.field(s, y_theta[0], y_theta[1]))(
             (y, theta))
         a_y, a_theta = vjp(a)
-        return np.concatenate([-dy, a_y, a_theta])
+        return dy, a_y, a_theta
+
+    augmented = augmented_dynamics(field_vjp, n_state, np.concatenate)
 
     def vjp(g):
         g = np.asarray(g)
-        a = g[-1].copy()
-        a_theta = np.zeros(n_theta, dtype=np.result_type(theta.dtype, ys.dtype))
-        grad_ts = np.zeros_like(ts)
         backward_stats = ODEStats()
         want_ts = 1 in argnums
-        for i in range(len(ts) - 1, 0, -1):
-            if want_ts:
-                grad_ts[i] = np.dot(problem.field(ts[i], ys[i], theta), g[i])
-            z = np.concatenate([ys[i], a, a_theta])
-            z_end = _integrate(
-                augmented, z, np.array([-ts[i], -ts[i - 1]]), config, backward_stats,
+
+        def solve_interval(z, r0, r1):
+            return _integrate(
+                augmented, z, np.array([r0, r1]), config, backward_stats,
                 traced=False, norm_size=2 * n_state if strategy.seminorm else None,
                 rtol=strategy.rtol, atol=strategy.atol, direction=-problem.direction,
             )[-1]
-            a = z_end[n_state : 2 * n_state] + g[i - 1]
-            a_theta = z_end[2 * n_state :]
-        # dL/dt0: moving t0 with y0 fixed moves the whole trajectory.
-        if want_ts:
-            grad_ts[0] = -np.dot(problem.field(ts[0], ys[0], theta), a - g[0])
+
+        a, a_theta, grad_ts = backsolve(
+            ts, ys, g, np.zeros(n_theta, dtype=np.result_type(theta.dtype, ys.dtype)),
+            n_state=n_state, solve_interval=solve_interval, concat=np.concatenate,
+            field=(lambda s, y: problem.field(s, y, theta)) if want_ts else None,
+            dot=np.dot,
+        )
+        grad_ts = np.array(grad_ts, dtype=np.float64) if want_ts else np.zeros_like(ts)
         stats.nfe_backward += backward_stats.nfe_forward + (len(ts) if want_ts else 0)
         grads = {0: a.astype(ys.dtype), 1: grad_ts, 2: a_theta.astype(theta.dtype)}
         return tuple(grads[i] for i in argnums)

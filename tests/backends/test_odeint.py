@@ -51,17 +51,9 @@ def solve(engine, problem, *, dtype=np.float64, t=None, **kwargs):
     )
 
 
-def skip_if_lacking(engine, solver):
-    if engine.name == "torch" and solver == "tsit5":
-        with pytest.raises(ValueError, match="dopri5"):
-            solve(engine, DECAY, solver=solver)
-        pytest.skip("torchdiffeq has no tsit5 (the error names the solvers it has)")
-
-
 @pytest.mark.parametrize("solver", ADAPTIVE)
 @pytest.mark.parametrize("problem", ACCURACY_PROBLEMS, ids=lambda p: p.name)
 def test_adaptive_solution_within_tolerance(engine, problem, solver):
-    skip_if_lacking(engine, solver)
     rtol, atol = 1e-8, 1e-10
     ys = engine.numpy(solve(engine, problem, solver=solver, rtol=rtol, atol=atol))
     exact = problem.solution()
@@ -212,7 +204,6 @@ def test_convergence_order(engine, solver):
     solution. Adaptive methods run on a fixed grid through the public controller options:
     ``first_step=h``, growth and shrink factors of 1 and tolerances that accept every
     step, so their propagated solution's order shows (not the embedded pair's)."""
-    skip_if_lacking(engine, solver)
     if solver == "dopri8":
         steps = 2.0 / np.array([10, 12, 16, 20])  # errors 1e-11 to 5e-14: above roundoff
     elif solver in ("dopri5", "tsit5"):
@@ -228,10 +219,8 @@ def test_convergence_order(engine, solver):
             kwargs = dict(rtol=1e6, atol=1e6,
                           options={"first_step": h, "factormin": 1.0, "factormax": 1.0})
         ys, stats = solve(engine, ROTATION, t=t, solver=solver, return_stats=True, **kwargs)
-        # The grid h, 2h, ... (torch: plus a sliver where the summed times fall short of
-        # t1 by an ulp, which torchdiffeq steps to; the other engines end on t1).
-        assert int(stats.n_steps) - round(2.0 / h) in ((0, 1) if engine.name == "torch"
-                                                       else (0,))
+        # The grid h, 2h, ..., ending on t1 on every engine.
+        assert int(stats.n_steps) == round(2.0 / h)
         assert int(stats.n_rejected) == 0
         errors.append(np.abs(engine.numpy(ys)[-1] - ROTATION.solution(t)[-1]).max())
     slope = np.polyfit(np.log(steps), np.log(errors), 1)[0]
@@ -351,7 +340,6 @@ def test_gradient_matrix(engine, solver, mode):
     the continuous adjoint with the same steps, off by the backward solve's
     discretisation error, below ``h**order`` here; adaptive solves at rtol 1e-10 agree
     with the exact gradient to the finite differences' 1e-8."""
-    skip_if_lacking(engine, solver)
     loss = _cubic_loss(engine, mode == "adjoint", **_matrix_kwargs(solver))
     got = _flat(engine.grad(loss, CUBIC.y0, CUBIC.args, np.array(MATRIX_T1)))
     want = _matrix_finite_differences(solver)

@@ -68,19 +68,54 @@ def test_gradient_of_end_time_is_the_field(adjoint, decreasing):
     assert abs(float(t1.grad) - expected) <= 1e-8
 
 
-def test_tsit5_refused_with_the_solvers_torch_has():
+def _torchdiffeq(func, y0, t, args=None, **kwargs):
+    """The torch engine's solve through torchdiffeq (``implementation="torchdiffeq"``)."""
+    from odeplug_backends.torch.solve import odeint
+
+    return odeint(func, y0, t, args, odeplug.make_solve_config(**kwargs),
+                  implementation="torchdiffeq")[0]
+
+
+def test_tsit5_refused_by_torchdiffeq_with_the_solvers_it_has():
     with pytest.raises(ValueError, match="no solver 'tsit5'") as info:
-        odeplug.odeint(_decay, torch.ones(2, dtype=F64), [0.0, 1.0], {"k": 1.0},
-                       solver="tsit5")
+        _torchdiffeq(_decay, torch.ones(2, dtype=F64), [0.0, 1.0], {"k": 1.0},
+                     solver="tsit5")
     for name in ("euler", "midpoint", "heun", "rk4", "bosh3", "dopri5", "dopri8"):
         assert repr(name) in str(info.value)
+    # odeplug's own stepper has it.
+    ys = odeplug.odeint(_decay, torch.ones(2, dtype=F64), [0.0, 1.0], {"k": 1.0},
+                        solver="tsit5", rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ys[-1].numpy(), np.exp(-1.0), rtol=1e-8)
+
+
+def test_unknown_implementation_refused():
+    from odeplug_backends.torch.solve import odeint
+
+    with pytest.raises(ValueError, match="'odeplug' or 'torchdiffeq'"):
+        odeint(_decay, torch.ones(2, dtype=F64), [0.0, 1.0], {"k": 1.0},
+               odeplug.make_solve_config(), implementation="diffrax")
 
 
 @pytest.mark.parametrize("options", [{"pcoeff": 0.2}, {"icoeff": 0.7}])
-def test_pi_controller_refused(options):
+def test_pi_controller_refused_by_torchdiffeq(options):
     with pytest.raises(ValueError, match="integral only"):
-        odeplug.odeint(_decay, torch.ones(2, dtype=F64), [0.0, 1.0], {"k": 1.0},
-                       options=options)
+        _torchdiffeq(_decay, torch.ones(2, dtype=F64), [0.0, 1.0], {"k": 1.0},
+                     options=options)
+
+
+@pytest.mark.parametrize("options", [{"pcoeff": 0.2, "icoeff": 0.4}, {"icoeff": 0.7}])
+def test_pi_controller_matches_reference(options):
+    # The own stepper takes the reference engine's steps, PI controller included.
+    t = np.linspace(0.0, 5.0, 4)
+    args = {"A": torch.as_tensor(OSCILLATOR.args["A"])}
+    ref, ref_stats = odeplug.odeint(OSCILLATOR.func, OSCILLATOR.y0, t, OSCILLATOR.args,
+                                    rtol=1e-6, atol=1e-8, options=options,
+                                    backend="reference", return_stats=True)
+    ys, stats = odeplug.odeint(OSCILLATOR.func, torch.as_tensor(OSCILLATOR.y0), t, args,
+                               rtol=1e-6, atol=1e-8, options=options, return_stats=True)
+    np.testing.assert_allclose(ys.numpy(), ref, rtol=1e-12, atol=1e-12)
+    assert (stats.nfe_forward, stats.n_steps, stats.n_rejected) == (
+        ref_stats.nfe_forward, ref_stats.n_steps, ref_stats.n_rejected)
 
 
 def test_controller_options_are_used():
@@ -183,19 +218,36 @@ def test_non_finite_field_raises_solver_error():
 
 
 @pytest.mark.parametrize("adjoint", [True, False], ids=["adjoint", "backprop"])
-def test_constant_tensor_is_never_differentiated(monkeypatch, adjoint):
+@pytest.mark.parametrize("implementation", ["odeplug", "torchdiffeq"])
+def test_constant_tensor_is_never_differentiated(monkeypatch, adjoint, implementation):
     """A Constant tensor that requires grad: not among the adjoint's parameters, no
     gradient by backprop either, passed to the field unwrapped and detached."""
     import torchdiffeq
+    from odeplug_backends.torch import solve
 
     seen = {}
-    original = torchdiffeq.odeint_adjoint
+    if implementation == "torchdiffeq":
+        original = torchdiffeq.odeint_adjoint
 
-    def spy(*args, **kwargs):
-        seen["params"] = kwargs["adjoint_params"]
-        return original(*args, **kwargs)
+        def spy(*args, **kwargs):
+            seen["params"] = kwargs["adjoint_params"]
+            return original(*args, **kwargs)
 
-    monkeypatch.setattr(torchdiffeq, "odeint_adjoint", spy)
+        monkeypatch.setattr(torchdiffeq, "odeint_adjoint", spy)
+    else:
+        original_params = solve._adjoint_params
+
+        def spy(*args):
+            seen["params"] = original_params(*args)
+            return seen["params"]
+
+        monkeypatch.setattr(solve, "_adjoint_params", spy)
+    odeint = solve.odeint
+
+    def engine_odeint(func, y0, t, args, config, **kwargs):
+        return odeint(func, y0, t, args, config, implementation=implementation, **kwargs)
+
+    monkeypatch.setattr(odeplug.get_backend("torch"), "odeint", engine_odeint)
     k = torch.tensor(0.7, dtype=F64, requires_grad=True)
     noise = torch.tensor([0.1, -0.2], dtype=F64, requires_grad=True)
 
