@@ -1,4 +1,4 @@
-"""The PyTorch engine: torch + torchdiffeq."""
+"""The PyTorch engine: odeplug's own stepper on torch (torchdiffeq kept to compare)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["TorchBackend"]
 
 
 class TorchBackend(Backend):
-    """PyTorch (torchdiffeq's ``odeint`` / ``odeint_adjoint``)."""
+    """PyTorch: odeplug's own stepper and adjoint (``solve.odeint``)."""
 
     name: ClassVar[str] = "torch"
     requires: ClassVar[tuple[str, ...]] = ("torch", "torchdiffeq")

@@ -1,10 +1,17 @@
-"""``odeint`` on PyTorch, over torchdiffeq.
+"""``odeint`` on PyTorch: odeplug's own stepper and adjoint, or torchdiffeq.
 
-The shared solver vocabulary (:class:`odeplug.ODESolveConfig`) is translated into
-torchdiffeq's methods and options; odeplug adds what torchdiffeq lacks:
+By default (``implementation="odeplug"``) a solve runs on odeplug's own Runge-Kutta loop
+(:mod:`._stepper`): the shared tableaus (``tsit5`` included), the shared controller (PI
+included), first step, fixed grid, dense output and failure thresholds, so that it takes
+the reference engine's steps and counts the same evaluations. Gradients flow by
+backpropagation through the stepper, or by odeplug's adjoint (:class:`_AdjointSolve`, a
+``torch.autograd.Function`` over the backward integration shared with the reference
+engine, :mod:`odeplug._adjoint`).
 
-* the vector field ``func(t, y, args)`` (diffrax style), with ``args`` a pytree of tensors
-  that gradients reach, by backpropagation or by the adjoint method;
+``implementation="torchdiffeq"`` keeps the torchdiffeq path, to compare: the shared
+vocabulary (:class:`odeplug.ODESolveConfig`) translated into torchdiffeq's methods and
+options, with what odeplug adds to torchdiffeq:
+
 * classical RK4 (torchdiffeq's ``"rk4"`` is the 3/8 rule) and a fixed-step grid identical
   to the reference engine's, so that fixed-step results agree across engines;
 * ends exactly on ``t[-1]`` (torchdiffeq would step past it and interpolate);
@@ -12,16 +19,17 @@ torchdiffeq's methods and options; odeplug adds what torchdiffeq lacks:
   with the reference engine's reason, time reached and solution so far: a non-finite
   candidate step is a rejection with the largest shrink (the error norm reads NaN as
   inf), and only a step size that underflows after such rejections is ``non_finite``;
+* live counters, the backward pass included.
+
+Every touch of torchdiffeq's private API is in :mod:`._compat`. Either way:
+
+* the vector field ``func(t, y, args)`` (diffrax style), with ``args`` a pytree of tensors
+  that gradients reach, by backpropagation or by the adjoint method;
 * :class:`odeplug.Constant` leaves of ``args``: passed to the field unwrapped and
   detached, never among the adjoint's parameters;
-* live counters (:class:`~odeplug.ODEStats`), the backward pass included;
 * ``odeint_rows``: many independent problems at batch speed, by the core's row solver.
 
-Every touch of torchdiffeq's private API is in :mod:`._compat`.
-
-Decreasing time grids are solved forwards in ``s = -t`` here rather than by torchdiffeq,
-so that torchdiffeq only ever sees increasing times: the options that hold times
-(``step_t``) then mean the same thing in the forward and in the adjoint's backward solve.
+Decreasing time grids are solved forwards in ``s = -t``.
 """
 
 from __future__ import annotations
