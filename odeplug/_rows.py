@@ -43,6 +43,7 @@ import numpy as np
 
 from ._solver_options import ODESolveConfig
 from ._stepping import (
+    SNAP_ULPS,
     error_ratio,
     fixed_step_count,
     fixed_step_end,
@@ -57,9 +58,6 @@ from .exceptions import SolverError
 
 __all__ = ["RowSolution", "solve_rows", "solve_single"]
 
-# A step ending within this many ulps of a row's last time ends on it (the reference
-# engine's rule: no sliver of a last step).
-_SNAP_ULPS = 64 * 2.0**-52
 
 COUNTERS = ("nfe_forward", "n_steps", "n_rejected")
 
@@ -219,7 +217,7 @@ class _RowSolver:
         self.s = s0.copy()
         self.s_start = s0
         self.s_end = self.grid_s_all[rows, lengths[rows] - 1]
-        self.snap = _SNAP_ULPS * np.maximum(1.0, np.maximum(abs(s0), abs(self.s_end)))
+        self.snap = SNAP_ULPS * np.maximum(1.0, np.maximum(abs(s0), abs(self.s_end)))
         self.direction = directions[rows]
         self._set_sign()
         self.y = y0

@@ -35,6 +35,7 @@ import numpy as np
 
 __all__ = [
     "SCALARS",
+    "SNAP_ULPS",
     "error_ratio",
     "fixed_step_count",
     "fixed_step_end",
@@ -51,6 +52,11 @@ _TINY_RATIO = 1e-30
 # A last fixed step shorter than this fraction of step_size is merged into the step
 # before: t1 - t0 = n * h up to rounding must give n steps, not n + 1.
 _FIXED_GRID_SLACK = 1e-9
+
+# A step that would end within this many float64 ulps of max(1, |t0|, |t1|) before the
+# end of the span ends on it: no sliver of a last step. One constant for every engine's
+# stepper (the reference's, the torch engine's and the row solver).
+SNAP_ULPS = 64 * 2.0**-52
 
 # A step below 4 ulps of the time cannot move t by more than rounding: the solve is
 # stuck. Relative to max(1, |t|), so that near t = 0 the threshold does not vanish with

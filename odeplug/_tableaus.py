@@ -51,11 +51,18 @@ class ButcherTableau:
     b_dense: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
+        # Exceptions, not asserts: checks that ``python -O`` would skip.
         n = len(self.c)
-        assert len(self.a) == n and all(len(row) == i for i, row in enumerate(self.a))
-        assert len(self.b) == n
-        assert self.b_error is None or len(self.b_error) == n
-        assert self.b_dense is None or len(self.b_dense) == n
+        if len(self.a) != n or any(len(row) != i for i, row in enumerate(self.a)):
+            raise ValueError(f"tableau {self.name!r}: a must be strictly lower triangular "
+                             f"with {n} rows (row i holds i coefficients)")
+        for field in ("b", "b_error", "b_dense"):
+            value = getattr(self, field)
+            if value is not None and len(value) != n:
+                raise ValueError(f"tableau {self.name!r}: {field} needs {n} entries (one "
+                                 f"per stage), got {len(value)}")
+        if n and self.c[0] != 0.0:
+            raise ValueError(f"tableau {self.name!r}: c[0] must be 0, got {self.c[0]}")
 
     @property
     def n_stages(self) -> int:

@@ -160,3 +160,19 @@ def test_dopri5_dense_output_is_shampines_midpoint():
     b_dense = np.asarray(TABLEAUS["dopri5"].b_dense)
     at_half = b_dense @ (0.5 ** np.arange(1, b_dense.shape[1] + 1))
     np.testing.assert_allclose(at_half, [float(m) / 2 for m in mid], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"a": ((), (0.5, 0.5))}, "strictly lower triangular"),
+    ({"a": ((),)}, "strictly lower triangular"),
+    ({"b": (1.0,)}, "b needs 2 entries"),
+    ({"b_error": (1.0, 0.0, 0.0)}, "b_error needs 2 entries"),
+    ({"b_dense": ((1.0,),)}, "b_dense needs 2 entries"),
+    ({"c": (0.1, 0.5)}, "c\\[0\\] must be 0"),
+])
+def test_malformed_tableau_raises(kwargs, message):
+    # Exceptions, not asserts (which python -O skips).
+    fields = {"name": "bad", "order": 2, "c": (0.0, 0.5), "a": ((), (0.5,)),
+              "b": (0.0, 1.0), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        ButcherTableau(**fields)

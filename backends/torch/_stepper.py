@@ -36,6 +36,7 @@ import torch
 from odeplug._solver_options import ODESolveConfig, ODEStats
 from odeplug._stepping import (
     SCALARS,
+    SNAP_ULPS,
     fixed_step_count,
     fixed_step_end,
     initial_step,
@@ -46,10 +47,6 @@ from odeplug._tableaus import TABLEAUS, ButcherTableau
 from odeplug.exceptions import SolverError
 
 __all__ = ["integrate"]
-
-# A step that would end within this many ulps of t1 (times are float64) ends on t1: the
-# reference engine's snapping.
-_SNAP_ULPS = 64 * 2.0**-52
 
 
 @dataclass(frozen=True)
@@ -154,7 +151,7 @@ def integrate(fun: Callable, y0: torch.Tensor, ts_host: np.ndarray, config: ODES
 
     n_out = len(ts_host)
     t_start, t_end = float(ts_host[0]), float(ts_host[-1])
-    eps_t = _SNAP_ULPS * max(1.0, abs(t_start), abs(t_end))
+    eps_t = SNAP_ULPS * max(1.0, abs(t_start), abs(t_end))
     traced_times = ts is not None and ts.requires_grad
     t_start_b = ts[0] if traced_times else t_start
     t_end_b = ts[-1] if traced_times else t_end

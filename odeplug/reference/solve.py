@@ -36,6 +36,7 @@ from .._rows import solve_rows
 from .._solver_options import ODESolveConfig, ODEStats
 from .._stepping import (
     SCALARS,
+    SNAP_ULPS,
     error_ratio,
     fixed_step_count,
     fixed_step_end,
@@ -130,10 +131,6 @@ def _rebuild(node: Any, vector: Any, offsets: list, boxed: bool) -> Any:
 
 
 # ------------------------------------------------------------------- the stepper
-
-
-# A step that would end within this many ulps of t1 (times are float64) ends on t1.
-_SNAP_ULPS = 64 * 2.0**-52
 
 
 def _rms(x: np.ndarray) -> float:
@@ -264,7 +261,7 @@ def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: 
     t_start_b = ts_box[0] if ts_box is not None else t_start
     t_end_b = ts_box[-1] if ts_box is not None else t_end
     # A step ending within a few ulps of t_end ends on it (no sliver of a last step).
-    eps_t = _SNAP_ULPS * max(1.0, abs(t_start), abs(t_end))
+    eps_t = SNAP_ULPS * max(1.0, abs(t_start), abs(t_end))
 
     outputs = [y0]
     next_out = 1
