@@ -128,7 +128,8 @@ def step_factor(xp, ratio, previous_inverse, order, config):
     factor : float or array
         The next step is ``h * factor`` (whether or not this step was accepted).
     previous_inverse : float or array
-        To pass to the next call.
+        To pass to the next call: ``1 / ratio`` after an accepted step (1 after an exact
+        one, ``ratio == 0``, as diffrax), unchanged after a rejection.
     """
     # NaN compares False: it becomes inf, rejected like an overflow.
     ratio = xp.where(ratio == ratio, ratio, math.inf)
@@ -140,7 +141,10 @@ def step_factor(xp, ratio, previous_inverse, order, config):
     low = xp.where(accept, 1.0, config.factormin)
     high = xp.where(accept, config.factormax, config.safety)
     factor = xp.minimum(xp.maximum(factor, low), high)
-    return accept, factor, xp.where(accept, inverse, previous_inverse)
+    # diffrax's guard: an exactly accepted step (ratio 0) leaves a memory of 1, not
+    # 1 / _TINY_RATIO, which would crush the next step's factor through ``pcoeff``.
+    memory = xp.where(ratio > 0.0, inverse, 1.0)
+    return accept, factor, xp.where(accept, memory, previous_inverse)
 
 
 def initial_step(xp, fun, t0, y0, f0, order, rtol, atol, norm, to_state=None):
