@@ -13,7 +13,8 @@ The per-row control (times, step sizes, controller state, counters) lives on the
 float64 NumPy whatever the states' namespace: a few numbers per row, decided with
 ``odeplug._stepping`` at the cost of one transfer of the error ratios per iteration rather
 than a device synchronisation per decision. States, stages and outputs stay in the
-namespace, dtype and device of ``y0`` (NumPy or torch; JAX maps a one-problem solve over
+namespace, dtype and device of ``y0`` (NumPy, or an engine's arrays through its
+:class:`RowArrays` adapter: torch's; JAX maps a one-problem solve over
 rows with ``vmap`` instead).
 
 The field sees the times of its rows: ``fun(t, y)`` gets ``t`` of shape ``(m, 1)``, a
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from ._dense import hermite_basis, linear, powers
 from ._solver_options import ODESolveConfig
 from ._stepping import (
     SNAP_ULPS,
@@ -90,8 +92,10 @@ def solve_rows(xp, fun: Callable, y0: Any, t: Any, config: ODESolveConfig, *,
 
     Parameters
     ----------
-    xp : module
-        The namespace of ``y0``: ``numpy`` or ``torch``.
+    xp : module or adapter
+        ``numpy``, or an engine's adapter for the arrays of ``y0`` (an object with
+        ``row_arrays(y0)`` returning a :class:`RowArrays`: the torch engine's
+        ``odeplug_backends.torch._row_arrays.TORCH``).
     fun : callable
         ``fun(t, y) -> dy/dt`` on a batch of rows: ``y`` of shape ``(m, d)``, ``t`` of
         shape ``(m, 1)`` (each row's time, ``y``'s dtype and device); returns ``(m, d)``
@@ -128,7 +132,7 @@ def solve_rows(xp, fun: Callable, y0: Any, t: Any, config: ODESolveConfig, *,
     ValueError, TypeError
         Bad time grids, or a field output of another shape or dtype.
     """
-    ops = _Arrays.of(xp, y0)
+    ops = RowArrays.of(xp, y0)
     if y0.ndim != 2:
         raise ValueError(f"solve_rows needs states of shape (n, d), got {tuple(y0.shape)}")
     n, dim = y0.shape
@@ -160,7 +164,7 @@ def solve_single(xp, fun: Callable, y0: Any, t: Any, config: ODESolveConfig) -> 
     solve of the same problem (no row in its message, ``ys`` of shape ``(k,) +
     y0.shape``).
     """
-    ops = _Arrays.of(xp, y0)
+    ops = RowArrays.of(xp, y0)
     shape = tuple(y0.shape)
 
     def fun_row(t_rows, y):
@@ -421,19 +425,17 @@ class _RowSolver:
         x = (t_out - self.s[positions]) / h
         y0 = ops.take(self.y, positions)
         if kind == "linear":
-            return y0 + ops.column(x) * (ops.take(y1, positions) - y0)
+            return linear(ops.column(x), y0, ops.take(y1, positions))
         if kind == "hermite":
-            x2, x3 = x * x, x * x * x
+            # The basis on the host, one value per row; then the reference's sum.
+            p0, q0, p1, q1 = hermite_basis(x)
             f0 = ops.take(self.stages[0], positions)
             f1 = ops.take(f_end, positions)
-            return (ops.column(2 * x3 - 3 * x2 + 1) * y0
-                    + ops.column((x3 - 2 * x2 + x) * h) * f0
-                    + ops.column(3 * x2 - 2 * x3) * ops.take(y1, positions)
-                    + ops.column((x3 - x2) * h) * f1)
+            return (ops.column(p0) * y0 + ops.column(q0 * h) * f0
+                    + ops.column(p1) * ops.take(y1, positions) + ops.column(q1 * h) * f1)
         # y0 + h sum_i b_i(x) k_i, with b_i(x) = sum_p b_dense[i, p] x**(p + 1).
         # Elementwise products and sums on the host (not a BLAS product), as above.
-        powers = x[:, None, None] ** np.arange(1, self.b_dense.shape[1] + 1)
-        weights = (powers * self.b_dense).sum(axis=2)  # (rows, stages)
+        weights = (powers(x, self.b_dense.shape[1])[:, None, :] * self.b_dense).sum(axis=2)
         stages = ops.take(self.stages, positions, axis=1)
         return y0 + ops.column(h) * ops.combine_rows(weights, stages)
 
@@ -497,20 +499,26 @@ class _RowSolver:
 # ------------------------------------------------------------------ namespaces
 
 
-class _Arrays:
+class RowArrays:
     """What :func:`solve_rows` needs of an array namespace beyond operators, for one
-    dtype and device: host values in, host values out, gathers and scatters."""
+    dtype and device: host values in, host values out, gathers and scatters.
+
+    NumPy's is here; an engine brings its own (the torch engine's:
+    ``odeplug_backends.torch._row_arrays``) as an object whose ``row_arrays(y0)`` returns
+    one, passed to :func:`solve_rows` in place of ``numpy``: the core names no engine.
+    """
 
     @staticmethod
-    def of(xp, y0) -> _Arrays:
+    def of(xp, y0) -> RowArrays:
         if xp is np:
             return _NumpyArrays(np.asarray(y0).dtype)
-        if getattr(xp, "__name__", None) == "torch":
-            return _TorchArrays(xp, y0.dtype, y0.device)
-        raise TypeError(f"solve_rows runs on numpy or torch arrays, not {xp!r}")
+        if hasattr(xp, "row_arrays"):
+            return xp.row_arrays(y0)
+        raise TypeError(f"solve_rows runs on numpy, or on an engine's adapter with "
+                        f"row_arrays(y0), not {xp!r}")
 
 
-class _NumpyArrays(_Arrays):
+class _NumpyArrays(RowArrays):
     xp = np
 
     def __init__(self, dtype):
@@ -564,76 +572,3 @@ class _NumpyArrays(_Arrays):
         return x.copy()
 
     where = staticmethod(np.where)
-
-
-class _TorchArrays(_Arrays):
-    def __init__(self, torch, dtype, device):
-        self.xp = torch
-        self.dtype, self.device = dtype, device
-        # On the CPU whatever torch's default device (a GPU inside torch's device scope).
-        self.np_dtype = torch.empty((), dtype=dtype, device="cpu").numpy().dtype
-
-    def coefficients(self, values):
-        # Python floats, rounded to the state's dtype as NumPy does with weak scalars.
-        return [float(v) for v in np.asarray(values, dtype=self.np_dtype)]
-
-    def combine(self, coefficients, stages):
-        """``sum_j c_j stages[j]`` as a chain of products and sums, in order of j (torch's
-        reductions round by the length of the vector; its products and sums do not),
-        skipping the zero coefficients."""
-        total = None
-        for j, c in enumerate(coefficients):
-            if c != 0.0:
-                term = stages[j] * c
-                total = term if total is None else total + term
-        return stages[0] * 0.0 if total is None else total
-
-    def combine_rows(self, weights, stages):
-        """``sum_j weights[r, j] stages[j, r]`` for every row ``r``, in order of j."""
-        weights = self._from_host(weights.T[:, :, None].astype(self.np_dtype))
-        total = weights[0] * stages[0]
-        for j in range(1, len(weights)):
-            total = total + weights[j] * stages[j]
-        return total
-
-    def _from_host(self, values):
-        return self.xp.from_numpy(np.ascontiguousarray(values)).to(self.device)
-
-    def column(self, values):
-        return self._from_host(np.asarray(values).astype(self.np_dtype)[:, None])
-
-    def mask_column(self, mask):
-        return self._from_host(mask[:, None])
-
-    def to_host(self, x):
-        return x.detach().cpu().numpy().astype(np.float64)
-
-    def row_finite(self, x):
-        return self.xp.isfinite(x).all(dim=1).cpu().numpy()
-
-    def empty(self, shape):
-        return self.xp.empty(shape, dtype=self.dtype, device=self.device)
-
-    def full_nan(self, shape):
-        return self.xp.full(shape, math.nan, dtype=self.dtype, device=self.device)
-
-    def _index(self, positions):
-        return self._from_host(np.asarray(positions, dtype=np.int64))
-
-    def take(self, x, positions, axis=0):
-        return x.index_select(axis, self._index(positions))
-
-    def put(self, x, positions, values):
-        return x.index_copy(0, self._index(positions), values)
-
-    def put_outputs(self, ys, j, rows, values):
-        ys[self._index(j), self._index(rows)] = values
-
-    def put_rows(self, ys, rows, values):
-        ys.index_copy_(1, self._index(rows), values)
-
-    def copy(self, x):
-        return x.clone()
-
-    def where(self, mask, a, b):
-        return self.xp.where(mask, a, b)

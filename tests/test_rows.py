@@ -50,8 +50,11 @@ class Namespace:
         self.name = name
         if name == "torch":
             self.xp = pytest.importorskip("torch")
+            from odeplug_backends.torch._row_arrays import TORCH
+
+            self.rows = TORCH  # the engine's adapter, what solve_rows takes
         else:
-            self.xp = np
+            self.xp = self.rows = np
 
     def __repr__(self) -> str:
         return self.name
@@ -113,8 +116,8 @@ def test_each_row_is_its_solve_alone(ns, solver, dtype):
     t = np.array([0.0, 0.3, 1.1, 2.0])
     config = make_solve_config(solver, **settings(solver, dtype))
     y0 = ns.asarray(Y0, dtype)
-    batched = solve_rows(ns.xp, ns.field, y0, t, config)
-    one_by_one = solve_rows(ns.xp, ns.field, y0, t, config, batched=False)
+    batched = solve_rows(ns.rows, ns.field, y0, t, config)
+    one_by_one = solve_rows(ns.rows, ns.field, y0, t, config, batched=False)
     np.testing.assert_array_equal(ns.numpy(batched.ys), ns.numpy(one_by_one.ys))
     for name, counts in batched.counters().items():
         np.testing.assert_array_equal(counts, one_by_one.counters()[name])
@@ -165,8 +168,8 @@ def test_rows_with_a_matrix_product_agree_to_rounding(ns):
     w = ns.asarray(weight)
     config = make_solve_config("dopri5", rtol=1e-6, atol=1e-8)
     t = np.linspace(0.0, 2.0, 5)
-    batched = solve_rows(ns.xp, field, ns.asarray(y0), t, config)
-    one_by_one = solve_rows(ns.xp, field, ns.asarray(y0), t, config, batched=False)
+    batched = solve_rows(ns.rows, field, ns.asarray(y0), t, config)
+    one_by_one = solve_rows(ns.rows, field, ns.asarray(y0), t, config, batched=False)
     np.testing.assert_allclose(ns.numpy(batched.ys), ns.numpy(one_by_one.ys), rtol=1e-12,
                                atol=1e-12)
     np.testing.assert_array_equal(batched.nfe_forward, one_by_one.nfe_forward)
@@ -183,7 +186,7 @@ def test_one_grid_per_row_nan_padded_either_direction(ns, solver):
         [0.4, nan, nan, nan],     # only its initial time: nothing to solve
     ])
     config = make_solve_config(solver, **SETTINGS[solver])
-    solution = solve_rows(ns.xp, ns.field, ns.asarray(Y0), t, config)
+    solution = solve_rows(ns.rows, ns.field, ns.asarray(Y0), t, config)
     ys = ns.numpy(solution.ys)
     for i, row in enumerate(Y0):
         valid = ~np.isnan(t[i])
@@ -202,7 +205,7 @@ def test_one_grid_per_row_nan_padded_either_direction(ns, solver):
 def test_shared_decreasing_grid(ns, solver):
     t = np.array([1.5, 1.0, 0.2, -0.5])
     config = make_solve_config(solver, **SETTINGS[solver])
-    solution = solve_rows(ns.xp, ns.field, ns.asarray(Y0), t, config)
+    solution = solve_rows(ns.rows, ns.field, ns.asarray(Y0), t, config)
     for i, row in enumerate(Y0):
         expected, stats = alone(row, t, solver)
         tolerance = agreement(solver)
@@ -238,7 +241,7 @@ def test_first_failed_row_raises_as_it_would_alone(ns):
     t = np.array([0.0, 0.25, 0.9, 2.0])
     with pytest.raises(SolverError, match="^row 1: step size underflow") as info, \
             np.errstate(over="ignore", invalid="ignore"):
-        solve_rows(ns.xp, blow_up_field, ns.asarray(y0), t, make_solve_config("dopri5"))
+        solve_rows(ns.rows, blow_up_field, ns.asarray(y0), t, make_solve_config("dopri5"))
     with pytest.raises(SolverError) as alone_info, np.errstate(over="ignore", invalid="ignore"):
         odeplug.odeint(lambda s, y, a: y * y, y0[1], t, backend="reference")
     error, expected = info.value, alone_info.value
@@ -257,7 +260,7 @@ def test_non_finite_row(ns):
 
     y0 = ns.asarray([[1.0], [2.0], [20.0]])
     with pytest.raises(SolverError, match="row 2: non-finite state") as info:
-        solve_rows(ns.xp, field, y0, np.array([0.0, 0.3, 1.0]), make_solve_config("dopri5"))
+        solve_rows(ns.rows, field, y0, np.array([0.0, 0.3, 1.0]), make_solve_config("dopri5"))
     assert info.value.reason == "non_finite"
     assert 0.5 - 1e-6 < info.value.t <= 0.5
     np.testing.assert_array_equal(info.value.ts, [0.0, 0.3])
@@ -269,7 +272,7 @@ def test_step_budget_per_row(ns):
     y0 = ns.asarray(np.ones((3, 1)))
     config = make_solve_config("rk4", step_size=0.05, max_num_steps=100)
     with pytest.raises(SolverError, match="row 2: max_num_steps=100 exceeded at t=5 ") as info:
-        solve_rows(ns.xp, lambda s, y: -y, y0, t, config)
+        solve_rows(ns.rows, lambda s, y: -y, y0, t, config)
     assert info.value.reason == "max_num_steps"
     assert info.value.t == pytest.approx(5.0)
     np.testing.assert_array_equal(info.value.ts, [0.0])
@@ -323,7 +326,9 @@ def test_torch_rows_stay_on_their_dtype():
         seen.append(t.dtype)
         return -y
 
-    solution = solve_rows(torch, field, y0, np.array([0.0, 1.0]), make_solve_config("dopri5"))
+    from odeplug_backends.torch._row_arrays import TORCH
+
+    solution = solve_rows(TORCH, field, y0, np.array([0.0, 1.0]), make_solve_config("dopri5"))
     assert solution.ys.dtype == torch.float32 and set(seen) == {torch.float32}
     assert solution.ys.shape == (2, 5, 2) and solution.nfe_forward.dtype == np.int64
 
@@ -366,3 +371,15 @@ def test_odeint_rows_of_the_engines(engine):
         np.testing.assert_allclose(ys[valid, i], expected[:, 0], rtol=1e-12, atol=1e-12)
         assert counters["nfe_forward"][i] == stats.nfe_forward
         assert counters["n_steps"][i] == stats.n_steps
+
+
+def test_the_core_names_no_engine():
+    """The torch adapter lives in the torch engine; the core takes it as an object."""
+    import inspect
+
+    import odeplug._rows as rows
+
+    source = inspect.getsource(rows)
+    assert "import torch" not in source and '"torch"' not in source
+    with pytest.raises(TypeError, match="row_arrays"):
+        solve_rows(object(), numpy_field, Y0, np.array([0.0, 1.0]), make_solve_config())

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from odeplug._dense import hermite, linear, powers
 from odeplug._solver_options import ODESolveConfig, ODEStats
 from odeplug._stepping import (
     SCALARS,
@@ -97,13 +98,6 @@ def _error(h, weights, stages, buffer):
         if buffer is not None:
             return torch.mv(buffer.T, weights) * h
         return (torch.stack([k.detach() for k in stages], dim=1) @ weights) * h
-
-
-def _hermite(x, h, y0, y1, f0, f1):
-    x2 = x * x
-    x3 = x2 * x
-    return ((2 * x3 - 3 * x2 + 1) * y0 + (x3 - 2 * x2 + x) * h * f0
-            + (3 * x2 - 2 * x3) * y1 + (x3 - x2) * h * f1)
 
 
 def integrate(fun: Callable, y0: torch.Tensor, ts_host: np.ndarray, config: ODESolveConfig,
@@ -264,16 +258,16 @@ def _dense(tab, method, x, h, y0, y1, f0, f1, stages, buffer):
     """Dense output at ``x`` in [0, 1] of a step: the tableau's interpolation."""
     kind = tab.interpolation
     if kind == "linear":
-        return y0 + x * (y1 - y0)
+        return linear(x, y0, y1)
     if kind == "hermite":
-        return _hermite(x, h, y0, y1, f0, f1)
+        return hermite(x, h, y0, y1, f0, f1)
     if isinstance(x, torch.Tensor):
-        powers = x.to(y0.dtype) ** torch.arange(1, method.b_dense.shape[1] + 1,
-                                                device=y0.device, dtype=y0.dtype)
-        weights = method.b_dense @ powers
+        exponents = torch.arange(1, method.b_dense.shape[1] + 1, device=y0.device,
+                                 dtype=y0.dtype)
+        weights = method.b_dense @ x.to(y0.dtype) ** exponents
     else:
-        powers = x ** np.arange(1, method.b_dense_host.shape[1] + 1)
-        weights = torch.as_tensor(method.b_dense_host @ powers, dtype=y0.dtype).to(y0.device)
+        host = method.b_dense_host @ powers(x, method.b_dense_host.shape[1])
+        weights = torch.as_tensor(host, dtype=y0.dtype).to(y0.device)
     return _combine(y0, h, weights, stages, buffer, len(stages))
 
 

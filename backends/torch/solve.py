@@ -57,7 +57,7 @@ from odeplug._stepping import SCALARS, fixed_step_count, fixed_step_end, step_si
 from odeplug._validation import check_field_output, check_initial_state, check_time_grid
 from odeplug.exceptions import SolverError
 
-from . import _compat, _stepper
+from . import _compat, _row_arrays, _stepper
 
 __all__ = ["odeint", "odeint_rows", "SOLVERS"]
 
@@ -253,7 +253,7 @@ def odeint_rows(
         def fun(t_rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return func(t_rows, y, field_args)
 
-        solution = solve_rows(torch, fun, y0, t_host, config, batched=batched)
+        solution = solve_rows(_row_arrays.TORCH, fun, y0, t_host, config, batched=batched)
     return solution.ys, solution.counters()
 
 
@@ -271,7 +271,7 @@ def _raise_fixed_step_failure(func: Callable, y0: torch.Tensor, t: torch.Tensor,
         return func(t_value, y, args)
 
     with torch.inference_mode():
-        solve_single(torch, fun, y0.detach().reshape(shape), t.detach().cpu().numpy(),
+        solve_single(_row_arrays.TORCH, fun, y0.detach().reshape(shape), t.detach().cpu().numpy(),
                      config)
 
 

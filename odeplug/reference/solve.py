@@ -32,6 +32,7 @@ from autograd.tracer import getval, isbox
 
 from .._adjoint import augmented_dynamics, backsolve
 from .._constant import Constant
+from .._dense import hermite, linear, powers
 from .._rows import solve_rows
 from .._solver_options import ODESolveConfig, ODEStats
 from .._stepping import (
@@ -212,13 +213,13 @@ def _rk_step_traced(fun, t, y, f0, h, method, need_error):
 def _dense_weights(b_dense, x, ks, traced):
     """``sum_i b_i(x) k_i`` of a polynomial continuous extension."""
     if not traced:
-        powers = np.array([x ** (p + 1) for p in range(b_dense.shape[1])], dtype=b_dense.dtype)
-        return (b_dense @ powers) @ ks
-    powers = [x ** (p + 1) for p in range(b_dense.shape[1])]
+        return (b_dense @ powers(x, b_dense.shape[1]).astype(b_dense.dtype)) @ ks
+    x_powers = [x ** (p + 1) for p in range(b_dense.shape[1])]
     total = None
     for row, k in zip(b_dense, ks, strict=False):
         if np.any(row != 0.0):
-            term = sum(float(c) * xp for c, xp in zip(row, powers, strict=True) if c != 0.0) * k
+            term = sum(float(c) * xp for c, xp in zip(row, x_powers, strict=True)
+                       if c != 0.0) * k
             total = term if total is None else total + term
     return total
 
@@ -227,11 +228,9 @@ def _interpolate(kind, x, h, y0, y1, f0, f1, weighted_stages):
     """Dense output at ``x`` in [0, 1] of a step of size ``h``; ``weighted_stages`` is
     ``sum_i b_i(x) k_i`` for a polynomial extension."""
     if kind == "linear":
-        return y0 + x * (y1 - y0)
+        return linear(x, y0, y1)
     if kind == "hermite":
-        x2, x3 = x * x, x * x * x
-        return ((2 * x3 - 3 * x2 + 1) * y0 + (x3 - 2 * x2 + x) * h * f0
-                + (3 * x2 - 2 * x3) * y1 + (x3 - x2) * h * f1)
+        return hermite(x, h, y0, y1, f0, f1)
     return y0 + h * weighted_stages
 
 
