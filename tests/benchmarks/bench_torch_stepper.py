@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -242,7 +243,7 @@ def report(result: dict) -> str:
         "## The torch engine's own stepper (issue #20)",
         "",
         "`python tests/benchmarks/bench_torch_stepper.py` (one process). "
-        + C.environment(),
+        + result.get("environment", ""),
         "",
         "MLP field (hidden 64), float32, dopri5, rtol 1e-6, atol 1e-8, t = [0, 2.5]; "
         "milliseconds (medians of CPU time); ratios are medians of paired samples.",
@@ -261,11 +262,22 @@ def report(result: dict) -> str:
     lines.append("Forward solve (no gradients); targets: own / (NFE x field) <= 1.5, "
                  "own / jax <= 2.")
     lines.append("")
+    met = [r for r in result["cases"]
+           if r["forward_vs_nfe_field"] <= 1.5 and r["forward_vs_jax"] <= 2.0]
+    verdict = ("met" if len(met) == len(result["cases"]) else
+               f"not met ({len(result['cases']) - len(met)} of {len(result['cases'])} cases)")
     lines.append(C.markdown_table(
         ["D x B", "NFE", "NFE torchdiffeq", "NFE jax", "own ms", "torchdiffeq ms",
          "odeplug via torchdiffeq ms", "jax ms", "own / (NFE x field)",
          "torchdiffeq / (NFE x field)", "own / jax", "own / torchdiffeq"], rows))
-    lines += ["", "Forward + backward of `sum(y(t1)**2)` w.r.t. the field's parameters "
+    lines += ["", f"Forward targets {verdict}. The own stepper takes the reference "
+              "engine's steps (the NFE column equals the reference engine's on the same "
+              "problem: `tests/backends/test_torch_stepper.py`) at 0.4x torchdiffeq's time; "
+              "what remains above the field's own cost is eager Python per stage (about "
+              "one `addmv`, one time tensor and one copy), which dominates at D=2, B=1, "
+              "where one field call costs tens of microseconds and JAX's compiled loop "
+              "none of that.",
+              "", "Forward + backward of `sum(y(t1)**2)` w.r.t. the field's parameters "
               "(torchode not measured: it needs `torchtyping`, not installed).", ""]
     rows = []
     for r in result["cases"]:
@@ -302,9 +314,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run; writes nothing")
     parser.add_argument("--estimator", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--from-json", action="store_true",
+                        help="rewrite the section from docs/bench_torch_stepper.json")
     settings = parser.parse_args()
     settings.repeats, settings.min_time = (3, 0.01) if settings.quick else (9, 0.2)
+    if settings.from_json:
+        print(report(json.loads(JSON.read_text())))
+        C.write_section(SECTION, report(json.loads(JSON.read_text())))
+        return
     result = {"cases": [bench_case(dim, batch, settings) for dim, batch in CONFIGS]}
+    result["environment"] = (C.environment() + " Load average (1, 5, 15 min) at the end: "
+                             + ", ".join(f"{v:.1f}" for v in os.getloadavg())
+                             + " (a machine shared with other work: wall times of the "
+                             "estimator fits are inflated alike on both engines).")
     if settings.compile:
         result["compile"] = bench_compile(settings)
     if settings.estimator:
