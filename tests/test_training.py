@@ -103,7 +103,8 @@ def test_an_exploding_loss_is_divergence():
 
 def test_a_failed_solve_in_the_first_step_verifies_nothing():
     error = SolverError("max_num_steps=5 exceeded at t=0.3", reason="max_num_steps", t=0.3)
-    with pytest.raises(TrainingDivergedError, match="the ODE solve failed") as info:
+    with pytest.raises(TrainingDivergedError,
+                       match="the ODE solve of a training step failed") as info:
         run(Scripted([error]))
     assert info.value.params is None
     assert isinstance(info.value.__cause__, SolverError)
