@@ -353,6 +353,10 @@ class _Reader:
                   "(or its model family is not defined in this process, or two are)")
         values = {k: self.decode(v) for k, v in _of(body["fields"], dict, "fields").items()}
         known = {f.name: f for f in dataclasses.fields(cls)}
+        # Fields a class has retired (its RETIRED_FIELDS) are read from older files and
+        # dropped.
+        for retired in set(values) & getattr(cls, "RETIRED_FIELDS", frozenset()):
+            del values[retired]
         unknown = set(values) - set(known)
         if unknown:
             _fail(f"{name} has no fields {sorted(unknown)} in this odeplug")

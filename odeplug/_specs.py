@@ -28,6 +28,7 @@ __all__ = [
     "ACTIVATIONS",
     "CNFHyper",
     "CNFSpec",
+    "CNFTrainingSpec",
     "Fill",
     "GlorotUniform",
     "Hyper",
@@ -40,6 +41,7 @@ __all__ = [
     "Param",
     "TRACE_ESTIMATORS",
     "Zeros",
+    "cnf_training",
     "dense_params",
 ]
 
@@ -301,7 +303,7 @@ class CNFHyper(Hyper):
 @dataclass(frozen=True)
 class CNFSpec(ModelSpec):
     """A continuous normalizing flow (Chen et al. 2018, Sec. 4; FFJORD, Grathwohl et al.
-    2019).
+    2019): the fitted model, its architecture only.
 
     Time convention: data ``x`` at ``t = 0`` is carried by ``dz/dt = f(t, z)`` to the
     base distribution ``N(0, I)`` at ``t1``; ``log p(x) = log N(z(t1); 0, I) +
@@ -313,21 +315,22 @@ class CNFSpec(ModelSpec):
     linear layer back to the state. Parameters ``field.{i}.weight`` ``(fan_in,
     fan_out)`` and ``field.{i}.bias`` for each layer ``i``.
 
-    ``trace`` is the training estimator of ``tr(df/dz)``: ``"exact"`` (a forward-mode
-    pass with ``n_features`` tangents) or ``"hutchinson"`` (one tangent, the probe
-    vector of the batch). ``regularize``: the state also integrates RNODE's kinetic
-    energy and Jacobian Frobenius norm (two more channels; their weights are values of a
-    :class:`CNFHyper`).
+    How it is trained (the trace estimator, RNODE's regularisers) is not part of the
+    model: :class:`CNFTrainingSpec` wraps it with those choices. Inference (exact trace,
+    no regulariser channels) is the program of this spec alone, so it compiles once per
+    architecture whatever the training was. A program built from a bare ``CNFSpec``
+    trains by maximum likelihood with the exact trace and no regulariser.
     """
 
     family: ClassVar[str] = "density"
     program: ClassVar[tuple[str, str]] = ("cnf", "CNFProgram")
+    # Fields of model files written before the training choices left the fitted spec
+    # (format 1): read and dropped (odeplug._persistence).
+    RETIRED_FIELDS: ClassVar[frozenset[str]] = frozenset({"trace", "regularize"})
 
     n_features: int
     field_hidden: tuple[int, ...]
     field_activation: str
-    trace: str = "exact"
-    regularize: bool = False
     dtype: str = "float32"
 
     @property
@@ -339,14 +342,57 @@ class CNFSpec(ModelSpec):
     def n_field_layers(self) -> int:
         return len(self.field_sizes) - 1
 
+    def param_table(self) -> dict[str, Param]:
+        return mlp_params("field", self.field_sizes,
+                          factor=glorot_factor(self.field_activation))
+
+
+@dataclass(frozen=True)
+class CNFTrainingSpec(ModelSpec):
+    """What a CNF's maximum-likelihood training program is built from: the model
+    (``cnf``, a :class:`CNFSpec`) and the training-only choices.
+
+    ``trace`` is the training estimator of ``tr(df/dz)``: ``"exact"`` (a forward-mode
+    pass with ``n_features`` tangents) or ``"hutchinson"`` (one tangent, the probe
+    vector of the batch). ``regularize``: the state also integrates RNODE's kinetic
+    energy and Jacobian Frobenius norm (two more channels; their weights are values of a
+    :class:`CNFHyper`). The program trains the very parameters of ``cnf`` in the same
+    training state whatever the choices, so a warm start may change them; its
+    inference entry points are those of ``cnf``.
+    """
+
+    family: ClassVar[str] = "density"
+    program: ClassVar[tuple[str, str]] = ("cnf", "CNFProgram")
+
+    cnf: CNFSpec
+    trace: str = "exact"
+    regularize: bool = False
+
+    def __post_init__(self):
+        if self.trace not in TRACE_ESTIMATORS:
+            raise ValueError(f"trace must be one of {TRACE_ESTIMATORS}, got {self.trace!r}")
+
+    @property
+    def dtype(self) -> str:  # type: ignore[override]
+        return self.cnf.dtype
+
+    @property
+    def n_features(self) -> int:
+        return self.cnf.n_features
+
     @property
     def n_channels(self) -> int:
         """Integrated channels beside ``z``: the trace, and RNODE's two if regularised."""
         return 3 if self.regularize else 1
 
     def param_table(self) -> dict[str, Param]:
-        return mlp_params("field", self.field_sizes,
-                          factor=glorot_factor(self.field_activation))
+        return self.cnf.param_table()
+
+
+def cnf_training(spec: CNFSpec | CNFTrainingSpec) -> CNFTrainingSpec:
+    """The training spec of a CNF program's spec (a bare ``CNFSpec``: the exact trace,
+    no regulariser)."""
+    return spec if isinstance(spec, CNFTrainingSpec) else CNFTrainingSpec(spec)
 
 
 def gru_params(name: str, n_inputs: int, n_hidden: int) -> dict[str, Param]:

@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._flow_matching import OBJECTIVES, FlowMatching, FlowMatchingSpec
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
-from .._specs import CNFHyper, CNFSpec
+from .._specs import CNFHyper, CNFSpec, CNFTrainingSpec
 from ._base import COMMON_CONSTRAINTS, FIELD_CONSTRAINTS, ODEEstimatorBase
 from ._sklearn_compat import Interval, StrOptions
 
@@ -33,6 +33,25 @@ AUTO_EXACT_MAX_FEATURES = 4
 
 # Flow matching's default path width at the data end (odeplug._flow_matching).
 SIGMA_MIN = 1e-2
+
+
+def _standardisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, scale)`` of each column of ``X``, in float64, without overflow.
+
+    Computed on the columns divided by their largest magnitude (a power of two, so
+    exactly): ``X.std()`` of data of magnitude 1e200 squares it to inf. A column whose
+    spread is at rounding level of its mean (a constant) gets scale 1.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    with np.errstate(divide="ignore"):  # log2(0) = -inf, clipped
+        exponent = np.ceil(np.log2(np.max(np.abs(X), axis=0)))
+    unit = np.exp2(np.clip(exponent, -1022, 1023))
+    scaled = X / unit
+    mean = scaled.mean(axis=0) * unit
+    scale = scaled.std(axis=0) * unit
+    constant = ~(scale > 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean)))
+    scale[constant] = 1.0
+    return mean, scale
 
 
 class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin,
@@ -169,7 +188,8 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         Only when X has string feature names.
     mean_, scale_ : ndarray of shape (n_features_in_,)
         The standardisation of the first fit (``scale_`` 1 for a constant feature); its
-        log-determinant is added back, so densities are of ``X`` in its own units.
+        log-determinant is added back, so densities are of ``X`` in its own units. Data
+        of any finite magnitude (1e200, say) is standardised without overflow.
     backend_ : str
         The engine that fitted the model.
     params_ : dict of str to ndarray
@@ -325,13 +345,19 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         return self.trace_estimator
 
     def _spec_of(self, n_features: int, dtype: str) -> CNFSpec:
+        """The model: the architecture only (what ``warm_start`` must keep)."""
         sizes = (() if isinstance(self.hidden_layer_sizes, (tuple, list))
                  and len(self.hidden_layer_sizes) == 0
                  else self._positive_sizes("hidden_layer_sizes", self.hidden_layer_sizes))
-        return CNFSpec(
-            n_features=n_features, field_hidden=sizes, field_activation=self.field_activation,
-            trace=self._trace_of(n_features),
-            regularize=bool(self.kinetic_energy > 0 or self.jacobian_norm > 0), dtype=dtype)
+        return CNFSpec(n_features=n_features, field_hidden=sizes,
+                       field_activation=self.field_activation, dtype=dtype)
+
+    def _training_spec(self, spec: CNFSpec) -> CNFTrainingSpec:
+        """Maximum likelihood's training choices for the model ``spec``: free to change
+        between fits (``warm_start``) as the learning rate is."""
+        return CNFTrainingSpec(
+            spec, trace=self._trace_of(spec.n_features),
+            regularize=bool(self.kinetic_energy > 0 or self.jacobian_norm > 0))
 
     def _hyper(self, **values) -> CNFHyper:
         hyper = CNFHyper(
@@ -341,12 +367,12 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         return dataclasses.replace(hyper, **values)
 
     @staticmethod
-    def _noise_drawer(spec: CNFSpec):
+    def _noise_drawer(training: CNFTrainingSpec):
         """Hutchinson's Rademacher probes, drawn by the training loop from the fit's
         generator and passed in the batch (None with the exact trace)."""
-        if spec.trace != "hutchinson":
+        if training.trace != "hutchinson":
             return None
-        dtype, d = np.dtype(spec.dtype), spec.n_features
+        dtype, d = np.dtype(training.dtype), training.n_features
 
         def draw(rng: np.random.RandomState, n_rows: int):
             return ((2 * rng.randint(0, 2, size=(n_rows, d)) - 1).astype(dtype),)
@@ -420,10 +446,7 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         spec = self._spec_of(X.shape[1], dtype)
         params, history = self._start(engine, spec, first_call=first_call, seed=seed)
         if first_call:
-            mean = X.mean(axis=0, dtype=np.float64)
-            scale = X.std(axis=0, dtype=np.float64)
-            scale[~(scale > 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean)))] = 1.0
-            self.mean_, self.scale_ = mean, scale
+            self.mean_, self.scale_ = _standardisation(X)
         X = self._standardize(X).astype(spec.dtype)
         return self._train_program(engine, spec, params, X, rng=rng, history=history,
                                    incremental=incremental, first_call=first_call)
@@ -450,12 +473,15 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
             validation_score=validation_score, **self._objective(engine, spec))
 
     def _objective(self, engine, spec: CNFSpec) -> dict:
-        """What the training loop takes for the objective: maximum likelihood's step
-        noise (its program is the CNF's own), or flow matching's program and batches
+        """What the training loop takes for the objective: maximum likelihood's program
+        (of the training spec: trace estimator, regularisers) and step noise, or flow
+        matching's program and batches
         (``odeplug._flow_matching``: paths, pairings and times drawn from the fit's
         generator, a solver-free step; the fitted model is the same CNF)."""
         if self.objective == "maximum_likelihood":
-            return {"draw_noise": self._noise_drawer(spec)}
+            training = self._training_spec(spec)
+            return {"program": engine.make_program(training),
+                    "draw_noise": self._noise_drawer(training)}
         paths = FlowMatching(sigma_min=float(self.sigma_min), ot_pairing=bool(self.ot_pairing),
                              t1=float(self.t1), dtype=spec.dtype)
         return {"program": engine.make_program(FlowMatchingSpec(spec)),
@@ -469,7 +495,10 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         return self.n_features_in_
 
     def _standardize(self, X) -> np.ndarray:
-        return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+        # X / scale - mean / scale rather than (X - mean) / scale: the difference of two
+        # finite values near the float range overflows, the quotients do not.
+        X = np.asarray(X, dtype=np.float64)
+        return X / self.scale_ - self.mean_ / self.scale_
 
     def _checked(self, X) -> np.ndarray:
         check_is_fitted(self, "params_")
