@@ -37,10 +37,10 @@ def epoch_progress(total: int, verbose: int, desc: str,
 
 
 def _interactive(stream: TextIO) -> bool:
-    from tqdm.auto import tqdm as auto
+    from tqdm.autonotebook import tqdm as auto
     from tqdm.std import tqdm as plain
 
-    if auto is not plain:  # tqdm.auto chose the notebook's widget
+    if auto is not plain:  # in a notebook: its widget
         return True
     try:
         return bool(stream.isatty())
@@ -53,7 +53,7 @@ def _fields(history: Any) -> dict[str, str]:
     fields = {"loss": f"{history.last('loss'):.8g}"}
     for name, label in (("nfe_forward", "nfe"), ("nfe_backward", "nfe_bwd")):
         if history.last(name) is not None:
-            fields[label] = f"{history.last(name):.0f}"
+            fields[label] = f"{history.last(name):.4g}"
     if history.validation_scores:
         fields["val"] = f"{history.validation_scores[-1]:.6g}"
     return fields

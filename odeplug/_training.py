@@ -374,13 +374,14 @@ def _loss_advice(verified) -> str:
 
 def _solve_advice(error: SolverError, verified) -> str:
     """Advice for a failed solve, by its reason and whether updates came before it."""
-    if error.reason == "max_num_steps":
-        advice = "Raise max_num_steps, or loosen rtol/atol"
-    else:
-        advice = "Tighten rtol/atol, or use another solver"
+    if error.reason != "max_num_steps":
+        # A solution that blows up (non-finite, or steps shrinking to nothing): the
+        # field is too large for the data, at the initial or at the updated parameters.
+        return _loss_advice(verified)
+    advice = "Raise max_num_steps, or loosen rtol/atol"
     if verified is None:
         return f"{advice}; nothing was updated yet, so check the scale of the data too"
-    # After updates, a field made stiff or explosive by too large steps is a likely cause.
+    # After updates, a field made stiff by too large steps is a likely cause too.
     return f"{advice}, or try a smaller learning_rate_init or a larger alpha"
 
 
