@@ -180,7 +180,7 @@ class ODEEstimatorBase(BaseEstimator):
             warnings.warn(outcome.interrupted, UserWarning, stacklevel=3)
         elif not outcome.converged and not kwargs.get("incremental", False):
             warnings.warn(
-                f"{type(self).__name__}: maximum iterations ({self.max_iter}) reached and "
+                f"{type(self).__name__}: Maximum iterations ({self.max_iter}) reached and "
                 "the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         return self
 

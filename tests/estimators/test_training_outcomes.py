@@ -240,7 +240,7 @@ def test_the_convergence_warning_names_the_estimator(engine):
     with pytest.warns(ConvergenceWarning) as caught:
         small(engine, max_iter=1).fit(X)
     message = str(caught[0].message)
-    assert message == ("CNFDensity: maximum iterations (1) reached and the optimization "
+    assert message == ("CNFDensity: Maximum iterations (1) reached and the optimization "
                        "hasn't converged yet.")
     assert caught[0].filename == __file__
 
