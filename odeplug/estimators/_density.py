@@ -121,7 +121,8 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         state. They make the flow straighter and cheaper to solve: on moons, 0.01 each
         cut the NFE per training step by a fifth and per scored point by a fifth, at a
         slightly better held-out likelihood than both 0. Either one positive adds the
-        channels (another compilation on JAX than both zero). Maximum likelihood only:
+        channels (another compilation of the training step on JAX than both zero;
+        inference compiles once whatever the training choices). Maximum likelihood only:
         ignored by flow matching, which solves no trajectory to regularise.
     objective : {"maximum_likelihood", "flow_matching"}, default="maximum_likelihood"
         How the field is trained. "maximum_likelihood": the negative log-likelihood,
@@ -177,9 +178,14 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         Seeds the initial parameters, the minibatch order, Hutchinson's probes and the
         validation split, on every engine (no global seed is touched).
     verbose : int, default=0
-        Progress bar with loss and NFE per epoch.
+        Progress with loss and NFE per epoch: a bar on a terminal or in a notebook (it
+        says "compiling" during the first step, kept after the fit), one line per epoch
+        elsewhere (a log file), as scikit-learn's MLP.
     warm_start : bool, default=False
         Continue from the fitted parameters (and standardisation) on the next ``fit``.
+        The architecture must stay; the training choices (``trace_estimator``, RNODE's
+        weights, ``objective``) may change. After early stopping or Ctrl-C it continues
+        from ``params_`` (the best or last completed epoch's), with a fresh optimiser.
 
     Attributes
     ----------
