@@ -239,13 +239,15 @@ def train(
             for idx in batches:
                 batch = minibatch(idx)
                 before = program.get_params(state)
-                if progress is not None and verified is None:
-                    progress.compiling()  # the first step: JAX compiles it
+                # The first step of a fit (not of each partial_fit): JAX compiles it.
+                announce = progress is not None and verified is None and not history.n_iter
+                if announce:
+                    progress.compiling()
                 try:
                     state, metrics = program.step(state, batch, current)
                 except SolverError as error:
                     raise solve_failed("of a training step", error) from error
-                if progress is not None and verified is None:
+                if announce:
                     progress.compiled()
                 loss = check(metrics, "in a training step")
                 verified, best_step = before, min(best_step, loss)

@@ -294,3 +294,14 @@ def test_a_failed_solve_reads_the_same_whatever_the_engine_wrote():
         "training diverged at epoch 1: the ODE solve of a training step failed: the step "
         "size fell below what the time can resolve at t=0.25. Nothing was updated yet: "
         "check the scale of the data (values or times of very large magnitude)."}
+
+
+def test_progress_says_compiling_once_per_fit_not_per_partial_fit(capsys):
+    history = TrainingHistory()
+    for _ in range(2):  # two calls of partial_fit: one epoch each
+        run(Scripted([1.0] * 8), max_iter=1, history=history, verbose=1, desc="Model")
+    assert capsys.readouterr().err.splitlines() == [
+        "Model: compiling the first step",
+        "Iteration 1, loss = 1.00000000, nfe = 10.5",
+        "Iteration 2, loss = 1.00000000, nfe = 10.5",
+    ]
