@@ -195,7 +195,8 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
     mean_, scale_ : ndarray of shape (n_features_in_,)
         The standardisation of the first fit (``scale_`` 1 for a constant feature); its
         log-determinant is added back, so densities are of ``X`` in its own units. Data
-        of any finite magnitude (1e200, say) is standardised without overflow.
+        of huge magnitude (1e200, say) is standardised without overflow; data whose
+        distance to its mean overflows the float range is refused.
     backend_ : str
         The engine that fitted the model.
     params_ : dict of str to ndarray
@@ -453,9 +454,18 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         params, history = self._start(engine, spec, first_call=first_call, seed=seed)
         if first_call:
             self.mean_, self.scale_ = _standardisation(X)
-        X = self._standardize(X).astype(spec.dtype)
-        return self._train_program(engine, spec, params, X, rng=rng, history=history,
-                                   incremental=incremental, first_call=first_call)
+        with np.errstate(over="ignore", invalid="ignore"):
+            standardized = self._standardize(X).astype(spec.dtype)
+        if not np.all(np.isfinite(standardized)):
+            # Only near the float range (X - mean_ overflows), or for a warm start's X
+            # far from the first fit's mean_ in the model's dtype.
+            raise ValueError(
+                f"X cannot be standardised in {spec.dtype}: its values (up to "
+                f"{np.max(np.abs(X)):.3g} in magnitude) are too far from mean_ for the "
+                "float range; rescale X")
+        return self._train_program(engine, spec, params, standardized, rng=rng,
+                                   history=history, incremental=incremental,
+                                   first_call=first_call)
 
     def _train_program(self, engine, spec: CNFSpec, params, X, *, rng, history,
                        incremental: bool, first_call: bool):
@@ -501,10 +511,7 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         return self.n_features_in_
 
     def _standardize(self, X) -> np.ndarray:
-        # X / scale - mean / scale rather than (X - mean) / scale: the difference of two
-        # finite values near the float range overflows, the quotients do not.
-        X = np.asarray(X, dtype=np.float64)
-        return X / self.scale_ - self.mean_ / self.scale_
+        return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
 
     def _checked(self, X) -> np.ndarray:
         check_is_fitted(self, "params_")

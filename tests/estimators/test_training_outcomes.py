@@ -259,3 +259,13 @@ def test_data_of_huge_magnitude_is_standardised_without_overflow(engine):
                                unit.score_samples(X[:5]) - 2 * np.log(1e200), rtol=1e-9)
     np.testing.assert_allclose(huge.sample(3, random_state=0) / 1e200,
                                unit.sample(3, random_state=0), rtol=1e-9)
+
+
+def test_data_that_cannot_be_standardised_is_refused_and_changes_nothing(engine):
+    # Finite values whose distance to their mean overflows float64.
+    top = np.finfo(np.float64).max / 1.2
+    data = np.column_stack([[top, top, -top, top], [0.0, 1.0, 2.0, 3.0]])
+    model = small(engine)
+    with pytest.raises(ValueError, match="cannot be standardised in float.*rescale X"):
+        model.fit(data)
+    assert not hasattr(model, "params_")
