@@ -97,6 +97,38 @@ def test_ctrl_c_keeps_params_curves_and_counts_of_the_last_completed_epoch(engin
     assert_params_equal(warm_step_from(model), end_of_epoch_2, rtol=1e-6, atol=1e-9)
 
 
+def test_ctrl_c_leaves_a_classifier_at_one_moment_too(engine, monkeypatch):
+    # The loop is shared: the same on another family (3 batches of 20 per epoch).
+    from odeplug import ODEClassifier
+
+    Xc, yc = make_moons(60, noise=0.1, random_state=1)
+    model = ODEClassifier(backend=engine.name, hidden_layer_sizes=(4,), batch_size=20,
+                          max_iter=10, learning_rate_init=0.05, random_state=0)
+    cls = type(odeplug.get_backend(engine.name).make_program(model._spec_of(2, 2,
+                                                                            "float32")))
+    original, after = cls.step, []
+
+    def step(self, state, batch, hyper):
+        if len(after) == 8:
+            raise KeyboardInterrupt  # call 9: the last step of epoch 3
+        state, metrics = original(self, state, batch, hyper)
+        if hyper.learning_rate:
+            after.append(self.get_params(state))
+        return state, metrics
+
+    monkeypatch.setattr(cls, "step", step)
+    with pytest.warns(UserWarning, match="keeping the parameters at the end of epoch 2"):
+        model.fit(Xc, yc)
+    monkeypatch.undo()
+    assert_params_equal(model.params_, after[5], rtol=0, atol=0)
+    assert model.n_iter_ == 2 == len(model.loss_curve_)
+    model.set_params(warm_start=True, max_iter=1, learning_rate_init=1e-30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(Xc, yc)
+    assert_params_equal(model.params_, after[5], rtol=1e-6, atol=1e-9)
+
+
 def test_warm_start_after_early_stopping_continues_from_the_best_parameters(engine,
                                                                           monkeypatch):
     # Validation scores that peak at epoch 2 of 4: the best parameters are not the last.
