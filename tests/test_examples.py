@@ -25,6 +25,12 @@ def test_digits_example(tmp_path):
     accuracy = float(out.stdout.split("test accuracy:")[1].split()[0])
     assert accuracy > 0.5  # three epochs: far from converged, far from chance (0.1)
     assert figure.stat().st_size > 10_000
+    # The predict sweep says where it is, one line per setting before the table.
+    progress = [line for line in out.stdout.splitlines()
+                if line.startswith("predicting the test set ")]
+    assert len(progress) == 11 + 8, progress  # 11 tolerances (the fitted one among them), 8 fixed
+    assert progress[-1].startswith("predicting the test set 19/19: solver rk4")
+    assert out.stdout.index(progress[-1]) < out.stdout.index("test accuracy:")
 
 
 @pytest.mark.slow
