@@ -181,7 +181,7 @@ else:
     clf = odeplug.load(args.model, backend=args.backend, expected=odeplug.ODEClassifier)
     clf.set_params(device=args.device)
     model = make_pipeline(StandardScaler().fit(X_train), clf)
-    print(f"loaded {args.model}: fitted on {clf.backend_} in {clf.n_iter_} epochs, "
+    print(f"loaded {Path(args.model).name}: fitted on {clf.backend_} in {clf.n_iter_} epochs, "
           f"predicting on {args.backend}")
     settings = (f"model of the full fit ({clf.n_iter_} epochs on {clf.backend_}) loaded from "
                 f"{Path(args.model).name}; "
