@@ -23,8 +23,8 @@ rather than two moons), and the figures' titles say so.
 # %%
 # Settings
 # --------
-# Small settings for a gallery build (``--quick``), larger ones to reproduce the figures
-# of ``docs/density.md``.
+# The gallery loads the full fit (``--model``); by hand, the estimator's defaults (the
+# figures of ``docs/density.md``), or a small model with ``--quick`` alone.
 
 import argparse
 from pathlib import Path

@@ -26,8 +26,8 @@ steps a quick run affords) is left out.
 # %%
 # Settings and data
 # -----------------
-# 1,000 spirals (800 to fit, 200 held out) of torchdiffeq's generator; a third of the
-# default epochs with ``--quick``.
+# 1,000 spirals (800 to fit, 200 held out) of torchdiffeq's generator; 200 of them and 10
+# epochs with ``--quick`` alone. The gallery loads the full fit (``--model``).
 
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ print(f"latent ODE ({BACKEND}): extrapolation RMSE {rmse:.3f} on {len(X_test)} s
 # A GRU reads the 100 slots of the observation window (value, mask, time since the last
 # observation), then rolls the 100 targets out, feeding back its predictions. Fitted on
 # the training spirals (full-batch Adam steps of a 100 + 100-step recurrence are
-# slow on a CPU); ``tests/benchmarks/bench_spirals.py`` measures it on all of them.
+# slow on a CPU); ``tests/benchmarks/bench_spirals.py`` measures it on all of them. Left
+# out with ``--quick`` (the gallery): the steps a quick run affords leave it unconverged.
 
 
 def rnn_extrapolation(X_fit, y_fit, X_new):
