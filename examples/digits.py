@@ -152,7 +152,8 @@ REPEATS = 1 if args.quick else 5  # predict timings per setting: median and rang
 # %%
 # Fit
 # ---
-# One fit at the default tolerance (``rtol=1e-3``), with a progress bar unless quiet.
+# One fit at the default tolerance (``rtol=1e-3``), with a progress bar unless quiet;
+# with ``--model``, the saved fit instead (what the gallery shows).
 X, y = load_digits(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(
     X, y, test_size=0.25, stratify=y, random_state=0)

@@ -284,3 +284,43 @@ def test_the_gallery_shows_converged_models(name, engine):
     score, converged = CONVERGED[name]
     value = score(model)
     assert converged(value), f"{name} on {engine.name}: {value}"
+
+
+def _markdown_tables(text: str):
+    block = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            yield block
+            block = []
+
+
+def _narrowest_width(table: list[str]) -> int:
+    """Characters of the table's narrowest rendering: per column, its longest word (a
+    browser breaks lines between words, never inside one), summed."""
+    rows = [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in table
+            if not re.fullmatch(r"\|[-| :]+\|", row.strip())]
+    return sum(max((len(word) for row in rows if column < len(row)
+                    for word in re.sub(r"[`*]", "", row[column]).split()), default=0)
+               for column in range(max(len(row) for row in rows)))
+
+
+def test_the_user_guide_tables_fit_the_page():
+    """The engines table was cut: measured in headless Chromium (1200 px window, the
+    page's table of contents beside it), its narrowest rendering took 755 px of a 553 px
+    column, with 76 characters of longest words; at 48 characters it takes 552 px. At
+    most 60 characters, then."""
+    text = (DOCS / "user_guide.md").read_text(encoding="utf-8")
+    widths = {table[0]: _narrowest_width(table) for table in _markdown_tables(text)}
+    assert widths and all(width <= 60 for width in widths.values()), widths
+
+
+def test_the_readme_says_what_the_digits_figure_plots():
+    """The README said "accuracy against rtol"; the figure's accuracy panel is drawn
+    against the cost per input (NFE), the other panels against rtol."""
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    example = (ROOT / "examples" / "digits.py").read_text(encoding="utf-8")
+    assert 'ax_acc.set(xlabel="mean function evaluations (NFE) per input"' in example
+    assert "test accuracy against the cost per input (NFE)" in readme
+    assert "accuracy and predict time against `rtol`" not in readme
