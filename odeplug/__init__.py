@@ -3,6 +3,7 @@
 The public API is re-exported here from private modules.
 """
 
+from . import layers
 from ._config import config_context, get_config, set_config
 from ._constant import Constant
 from ._odeint import odeint
@@ -49,6 +50,7 @@ __all__ = [
     "config_context",
     "get_backend",
     "get_config",
+    "layers",
     "load",
     "make_solve_config",
     "odeint",

@@ -140,9 +140,10 @@ def _dataclasses() -> list[type]:
     from ._solver_options import BacksolveAdjoint, ODESolveConfig
     from ._specs import Hyper, ModelSpec
     from ._training import TrainingHistory
+    from .layers import Layer
 
     classes = [TrainingHistory, BacksolveAdjoint, ODESolveConfig, Hyper,
-               *_subclasses(Hyper), *_subclasses(ModelSpec)]
+               *_subclasses(Hyper), *_subclasses(ModelSpec), *_subclasses(Layer)]
     return [c for c in classes if dataclasses.is_dataclass(c)]
 
 

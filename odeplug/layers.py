@@ -65,6 +65,7 @@ class Ops(Protocol):
     """
 
     def matmul(self, x, w): ...
+    def affine(self, x, w, b): ...
     def conv(self, x, w, stride: int, padding: int): ...
     def concat(self, xs, axis: int): ...
     def mean(self, x, axes: tuple[int, ...]): ...
@@ -185,7 +186,7 @@ class Dense(Layer):
         return (self.features,)
 
     def _pre(self, ops, params, prefix, x):
-        return ops.matmul(x, params[f"{prefix}.weight"]) + params[f"{prefix}.bias"]
+        return ops.affine(x, params[f"{prefix}.weight"], params[f"{prefix}.bias"])
 
     def apply(self, ops, params, prefix, t, x):
         return ops.activation(self.activation)(self._pre(ops, params, prefix, x))

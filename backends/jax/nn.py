@@ -144,6 +144,9 @@ class LayerOps:
     def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
         return jnp.matmul(x, w, precision=jax.lax.Precision.HIGHEST)
 
+    def affine(self, x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+        return self.matmul(x, w) + b
+
     def conv(self, x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
         spatial = w.ndim - 2
         return jax.lax.conv_general_dilated(

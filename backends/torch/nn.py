@@ -142,6 +142,10 @@ class LayerOps:
     def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return x @ w
 
+    @staticmethod
+    def affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(b, x, w) if x.dim() == 2 else x @ w + b  # one kernel
+
     def conv(self, x: torch.Tensor, w: torch.Tensor, stride: int, padding: int
              ) -> torch.Tensor:
         return self._convs[w.dim() - 2](x, w, stride=stride, padding=padding)

@@ -133,6 +133,9 @@ class LayerOps:
     def matmul(self, x, w):
         return x @ w
 
+    def affine(self, x, w, b):
+        return x @ w + b
+
     def conv(self, x, w, stride: int, padding: int):
         xp = self.xp
         spatial = w.ndim - 2
