@@ -29,6 +29,25 @@ Canonical layouts (``{prefix}`` is the layer's place, ``field.0`` say):
 - :class:`ConcatSquash`: the wrapped layer's, plus ``{prefix}.gate_weight``,
   ``{prefix}.gate_bias`` and ``{prefix}.time_weight``, ``(features,)``.
 - :class:`Sequential`: layer ``i``'s under ``{prefix}.{i}``.
+
+Examples
+--------
+The convolutional field of the paper's ODE-Net on 16 channels of 7 x 7, as a
+parameter of :class:`odeplug.ODEClassifier`:
+
+>>> from odeplug import layers as L
+>>> field = L.Sequential([
+...     L.GroupNorm(16), L.Activation("relu"),
+...     L.ConcatTime(L.Conv(16, kernel_size=(3, 3), padding=1)),
+...     L.GroupNorm(16), L.Activation("relu"),
+...     L.ConcatTime(L.Conv(16, kernel_size=(3, 3), padding=1)), L.GroupNorm(16)])
+>>> field.output_shape((16, 7, 7))
+(16, 7, 7)
+>>> {k: p.shape for k, p in field.param_table((16, 7, 7), "field").items()
+...  if k.startswith("field.2")}
+{'field.2.weight': (16, 17, 3, 3), 'field.2.bias': (16,)}
+>>> hash(field) == hash(L.Sequential(list(field.layers)))  # a valid grid value
+True
 """
 
 from __future__ import annotations
