@@ -17,6 +17,7 @@ from ._solver_options import (
     ODEStats,
     make_solve_config,
 )
+from ._user_field import UserField
 from .backend import Backend, BackendInfo, available_backends, get_backend, register_backend
 from .estimators import CNFDensity, LatentODERegressor, ODEClassifier
 from .exceptions import (
@@ -46,6 +47,7 @@ __all__ = [
     "ODEStats",
     "SolverError",
     "TrainingDivergedError",
+    "UserField",
     "available_backends",
     "config_context",
     "get_backend",

@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .._architectures import conv_odenet, image_odenet_ends
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
 from .._specs import ACTIVATIONS, ODENetSpec
+from .._user_field import UserField
 from ..layers import Layer
 from ._base import COMMON_CONSTRAINTS, FIELD_CONSTRAINTS, ODEEstimatorBase
 from ._sklearn_compat import Interval, StrOptions
@@ -241,7 +242,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         **FIELD_CONSTRAINTS,
         "activation": [StrOptions(set(ACTIVATIONS))],
         "augment_dim": [Interval(Integral, 0, None, closed="left")],
-        "field": [StrOptions({"mlp", "conv"}), Layer],
+        "field": [StrOptions({"mlp", "conv"}), Layer, UserField],
         "input_shape": [None, tuple, list],
     }
 
@@ -363,6 +364,8 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         y_index = np.searchsorted(labels, y).astype(np.int64)
 
         engine = self._engine()
+        if isinstance(self.field, UserField):
+            self.field.check_engine(engine.name)  # before anything is built
         self._solve_config()  # solver settings, checked before anything is built
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
@@ -394,6 +397,8 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     def _log_proba_and_stats(self, X):
         check_is_fitted(self, "params_")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        if isinstance(self._spec.field_layer, UserField):
+            self._spec.field_layer.check_engine(self._engine().name)
         return self._infer("predict", X.astype(self._spec.dtype, copy=False))
 
     def predict_log_proba(self, X):
