@@ -38,6 +38,11 @@ __all__ = ["UserField"]
 ENGINE_OF = {"torch": "torch", "equinox": "jax"}
 
 
+def a_module_of(framework: str) -> str:
+    """``"a torch module"``, ``"an equinox module"``: what error messages call one."""
+    return f"{'an' if framework == 'equinox' else 'a'} {framework} module"
+
+
 def _framework(cls: Any) -> str | None:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(cls, type) and issubclass(cls, torch.nn.Module):
@@ -169,9 +174,8 @@ class UserField(Layer):
         """``ValueError`` unless ``engine`` runs this module (the same words on every
         engine)."""
         if engine != self.engine:
-            article = "an" if self.framework == "equinox" else "a"
             raise ValueError(
-                f"field={self!r} is {article} {self.framework} module: it runs on the "
+                f"field={self!r} is {a_module_of(self.framework)}: it runs on the "
                 f"{self.engine!r} engine only, not on {engine!r}. Set backend="
                 f"{self.engine!r} (a model of it predicts on that engine only)")
 
