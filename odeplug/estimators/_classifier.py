@@ -31,7 +31,8 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     ``field="conv"`` and image or signal rows (``input_shape``), the paper's
     convolutional ODE-Net instead (a convolutional stem, a convolutional field, global
     pooling and a linear head); ``field`` also takes any architecture of
-    :mod:`odeplug.layers`. Trained
+    :mod:`odeplug.layers`, or the user's own torch or equinox module
+    (:class:`odeplug.UserField`). Trained
     with Adam on the cross-entropy plus an L2 penalty, on the engine chosen by
     ``backend``; gradients by the adjoint method by default.
 
@@ -108,7 +109,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         Progress bar with loss and NFE per epoch.
     warm_start : bool, default=False
         Continue from the fitted parameters on the next ``fit``.
-    field : {"mlp", "conv"} or odeplug.layers.Layer, default="mlp"
+    field : {"mlp", "conv"}, odeplug.layers.Layer or odeplug.UserField, default="mlp"
         The vector field. "mlp": an MLP of ``[z, t]`` on the flat state, hidden layers
         ``hidden_layer_sizes[1:]``. "conv": the convolutional ODE-Net of Chen et al.
         (2018) on rows of ``input_shape`` (required): a stem of ``hidden_layer_sizes[0]``
@@ -120,6 +121,18 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         states of the same shape, with the MLP's embedding and head on flat rows and
         the convolutional ones where ``input_shape`` has channels and positions. Strings
         and layers are valid grid values: ``{"field": ["mlp", "conv"]}``.
+        ``odeplug.UserField(cls, **kwargs)``: the user's module maps the state to its
+        derivative, a ``torch.nn.Module`` with torchdiffeq's ``forward(t, y)`` (the torch
+        engine only) or an ``equinox.Module`` with diffrax's ``__call__(t, y, args)`` on
+        one row (the jax engine only; any other engine is refused before anything
+        changes, naming the module's framework and its engine). It sees the state of
+        width ``hidden_layer_sizes[0] + augment_dim`` (the stem's channels and positions
+        with an image ``input_shape``) and must return that shape. A class and its
+        keyword arguments, not an instance: ``clone`` deep-copies parameters and grids
+        compare them, so an instance's weights would leak between fits; every fit
+        builds a fresh module, initialised by its own code under a seed from
+        ``random_state`` (a local generator). Its parameters join ``params_`` under
+        ``field.<its own names>``; ``odeplug.load(path, field=...)`` takes it back.
     input_shape : tuple of int, default=None
         The shape of one row of ``X`` as the field sees it, channels first: ``(C, L)``
         for signals, ``(C, H, W)`` for images (rows in C order, as
