@@ -22,9 +22,11 @@ them through the engine's solver and adjoint.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -303,11 +305,23 @@ def _output_shape(field: UserField, in_shape: tuple[int, ...]) -> tuple[int, ...
             "hidden_layer_sizes[0] + augment_dim for flat rows) to its derivative") from error
 
 
+# functional_call swaps the given tensors into the module for the call's duration:
+# each thread calls its own copy (threaded grid searches, inference in threads).
+_PER_THREAD = threading.local()
+
+
+def _thread_module(field: UserField) -> Any:
+    modules = _PER_THREAD.__dict__.setdefault("modules", {})
+    if field not in modules:
+        modules[field] = copy.deepcopy(_template(field)[0])
+    return modules[field]
+
+
 def _torch_call(field: UserField, arrays: dict, t, x):
     import torch
     from torch.func import functional_call
 
-    module = _template(field)[0]
+    module = _thread_module(field)
     t = (t.to(x.dtype) if isinstance(t, torch.Tensor)
          else torch.as_tensor(t, dtype=x.dtype, device=x.device))
     tensors = dict(arrays)
