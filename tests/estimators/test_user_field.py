@@ -288,3 +288,37 @@ def test_load_refuses_a_missing_or_mismatched_module(home):
     with pytest.raises(odeplug.ModelFileError, match="not a user module") as info:
         odeplug.load(io.BytesIO(plain), field=UserField(MODULES[home], width=4))
     assert info.value.reason == "field"
+
+
+def test_pickle_round_trip(home):
+    """joblib workers and pickles get the description (the class by reference)."""
+    import pickle
+
+    X, y = _data()
+    clf = _clf(home, max_iter=1).fit(X, y)
+    back = pickle.loads(pickle.dumps(clf))
+    assert back.field == clf.field
+    np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
+
+
+class TorchConvField(torch.nn.Module):
+    """A field on image states ``(n, C, H, W)``."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, t, y):
+        return torch.tanh(self.conv(y))
+
+
+def test_image_rows_give_the_module_the_stem_channels():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 16))
+    y = (X[:, :8].sum(axis=1) > 0).astype(int)
+    clf = ODEClassifier(backend="torch", hidden_layer_sizes=(4,), augment_dim=2,
+                        input_shape=(1, 4, 4), max_iter=2, random_state=0,
+                        field=UserField(TorchConvField, channels=6), **FIXED).fit(X, y)
+    assert clf._spec.state_shape == (6, 4, 4)
+    assert clf.params_["field.conv.weight"].shape == (6, 6, 3, 3)
+    assert clf.predict_proba(X).shape == (30, 2)
