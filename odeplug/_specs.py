@@ -241,15 +241,23 @@ class Hyper:
 class ODENetSpec(ModelSpec):
     """The ODE-Net of Chen et al. (2018), a continuous-depth residual network.
 
-    ``x -> z0 = activation(x @ W_embed + b_embed)``, padded with ``augment_dim`` zeros
-    (Dupont et al. 2019); ``z(t1)`` solves ``dz/dt = field(t, z)`` from 0 to ``t1``;
-    logits ``z(t1) @ W_head + b_head``. The field is an MLP of ``[z, t]``: hidden layers
-    of widths ``field_hidden`` with ``field_activation``, then a linear layer back to the
-    state.
+    ``x -> z0 = embed(x)``, padded with ``augment_dim`` zero channels (Dupont et al.
+    2019); ``z(t1)`` solves ``dz/dt = field(t, z)`` from 0 to ``t1``; logits
+    ``head(z(t1))``. ``embed``, ``field`` and ``head`` are layers of
+    :mod:`odeplug.layers` (the solvers integrate the state flat; the layers see it in
+    its shape, ``(C,)`` or ``(C, L)`` or ``(C, H, W)``).
 
-    Parameter names (weights are ``(fan_in, fan_out)``, applied as ``x @ W + b``):
-    ``embed.weight``, ``embed.bias``, ``field.{i}.weight``, ``field.{i}.bias`` for each
-    layer ``i`` of the field, ``head.weight``, ``head.bias``.
+    Without layers given (``embed_layer``, ``field_layer``, ``head_layer`` None) it is
+    the MLP ODE-Net: ``embed = Dense(embed_dim, activation)``; the field an MLP of
+    ``[z, t]`` (hidden layers of widths ``field_hidden`` with ``field_activation``, then
+    a linear layer back to the state); ``head = Dense(n_outputs)``. Parameter names
+    (weights ``(fan_in, fan_out)``, applied as ``x @ W + b``): ``embed.weight``,
+    ``embed.bias``, ``field.{i}.weight``, ``field.{i}.bias`` for each layer ``i`` of
+    the field, ``head.weight``, ``head.bias``. Given layers name their parameters
+    under ``embed``, ``field`` and ``head`` by the layers' own layouts.
+
+    ``input_shape``: the shape of a row of ``X`` as the embedding sees it (None: flat,
+    ``(n_features,)``).
     """
 
     family: ClassVar[str] = "classifier"
@@ -263,14 +271,61 @@ class ODENetSpec(ModelSpec):
     activation: str
     field_activation: str
     dtype: str = "float32"
+    input_shape: tuple[int, ...] | None = None
+    embed_layer: Any = None
+    field_layer: Any = None
+    head_layer: Any = None
+
+    def __post_init__(self):
+        if self.input_shape is not None and math.prod(self.input_shape) != self.n_features:
+            raise ValueError(f"input_shape {self.input_shape} has "
+                             f"{math.prod(self.input_shape)} entries for rows of "
+                             f"{self.n_features} features")
+        state = self.state_shape
+        out = self.layers()[1].output_shape(state)
+        if out != state:
+            raise ValueError(f"the field maps states of shape {state} to {out}: an ODE's "
+                             "field must give the state's own shape")
+
+    def layers(self) -> tuple[Any, Any, Any]:
+        """``(embed, field, head)``, the MLP ODE-Net's where not given."""
+        from .layers import ConcatTime, Dense, Sequential
+
+        factor = glorot_factor(self.activation)
+        embed = (self.embed_layer if self.embed_layer is not None
+                 else Dense(self.embed_dim, self.activation, factor))
+        if self.field_layer is not None:
+            field = self.field_layer
+        else:
+            width = self._embedded_shape(embed)[0] + self.augment_dim
+            hidden = [Dense(h, self.field_activation, factor) for h in self.field_hidden]
+            dense = [*hidden, Dense(width, factor=factor)]
+            field = Sequential([ConcatTime(dense[0]), *dense[1:]])
+        head = (self.head_layer if self.head_layer is not None
+                else Dense(self.n_outputs, factor=factor))
+        return embed, field, head
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """The shape of a row of ``X`` for the embedding."""
+        return self.input_shape or (self.n_features,)
+
+    def _embedded_shape(self, embed) -> tuple[int, ...]:
+        return embed.output_shape(self.row_shape)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The ODE's state per row: the embedding's channels and ``augment_dim`` more."""
+        embedded = self._embedded_shape(self.layers()[0])
+        return (embedded[0] + self.augment_dim, *embedded[1:])
 
     @property
     def state_dim(self) -> int:
-        return self.embed_dim + self.augment_dim
+        return math.prod(self.state_shape)
 
     @property
     def field_sizes(self) -> tuple[int, ...]:
-        """Widths of the field's layers, input (state and time) to output."""
+        """Widths of the MLP field's layers, input (state and time) to output."""
         return (self.state_dim + 1, *self.field_hidden, self.state_dim)
 
     @property
@@ -278,10 +333,11 @@ class ODENetSpec(ModelSpec):
         return len(self.field_sizes) - 1
 
     def param_table(self) -> dict[str, Param]:
-        factor = glorot_factor(self.activation)
-        table = dense_params("embed", self.n_features, self.embed_dim, factor=factor)
-        table.update(mlp_params("field", self.field_sizes, factor=factor))
-        table.update(dense_params("head", self.state_dim, self.n_outputs, factor=factor))
+        embed, field, head = self.layers()
+        state = self.state_shape
+        table = embed.param_table(self.row_shape, "embed")
+        table.update(field.param_table(state, "field"))
+        table.update(head.param_table(state, "head"))
         return table
 
 
