@@ -9,12 +9,25 @@ from pathlib import Path
 OPTIONAL_PAGE = re.compile(r"^([ \t]*)\?([\w/-]+)[ \t]*$", re.MULTILINE)
 
 
+# Models fitted at full settings by docs/gallery_models/make_gallery_models.py, which the
+# gallery's examples load (``--model``) rather than fit small ones in the build.
+GALLERY_MODELS_DIR = Path(__file__).resolve().parent / "gallery_models"
+GALLERY_MODELS = {"digits.py": "digits_odeclassifier.odeplug",
+                  "cnf_density.py": "moons_cnfdensity.odeplug",
+                  "spirals.py": "spirals_latentode.odeplug"}
+
+
 def quick_argv(gallery_conf, script_vars) -> list[str]:
     """Arguments of an example run by the docs build: ``--quick`` to the examples that
     take it (small settings, so the whole build stays within CI's budget), nothing to
-    the others."""
-    source = Path(script_vars["src_file"]).read_text(encoding="utf-8")
-    return ["--quick"] if '"--quick"' in source else []
+    the others; and ``--model FILE`` to those whose model is fitted ahead
+    (:data:`GALLERY_MODELS`), so that their figures show a converged model."""
+    src_file = Path(script_vars["src_file"])
+    source = src_file.read_text(encoding="utf-8")
+    argv = ["--quick"] if '"--quick"' in source else []
+    if src_file.name in GALLERY_MODELS and '"--model"' in source:
+        argv += ["--model", str(GALLERY_MODELS_DIR / GALLERY_MODELS[src_file.name])]
+    return argv
 
 
 def optional_pages(text: str, docs_dir: Path) -> str:

@@ -17,9 +17,13 @@ Run from the repository root::
     python examples/digits.py --backend jax
     python examples/digits.py --backend torch --device cuda   # on a GPU (docs/gpus.md)
 
-``--quick`` (what the documentation build passes) fits 10 epochs and times each
-prediction once: the accuracies are then those of an unconverged model. The figure of
-the full run is in :doc:`/benchmarks`.
+``--model FILE`` loads a fitted classifier (``odeplug.save``) instead of fitting one.
+The documentation build passes ``--quick --model
+docs/gallery_models/digits_odeclassifier.odeplug``: the model of the default fit (100
+epochs on JAX), made by ``python docs/gallery_models/make_gallery_models.py``, each
+prediction timed once. ``--quick`` alone fits 10 epochs: the accuracies are then those
+of an unconverged model, and the figure's title says so. The figure of the full run is
+in :doc:`/benchmarks`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -64,7 +69,7 @@ def _measure(clf, Z, y, reference, **solver_params) -> dict:
 
 
 def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str,
-          quick_epochs: int | None = None) -> None:
+          settings: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,11 +118,9 @@ def _plot(rows, fixed, fitted_rtol: float, engine: str, n_test: int, path: str,
         ax.set_xlabel("rtol at predict time (atol = rtol / 10)")
         ax.axvline(fitted_rtol, color="grey", lw=0.8, ls=":")
         ax.invert_xaxis()  # precision grows to the right
-    quick = (f"\n--quick: {quick_epochs} epochs, one timing per setting"
-             if quick_epochs is not None else "")
     fig.suptitle(f"ODEClassifier on digits ({engine} engine): one fit at rtol = "
                  f"{fitted_rtol:g} (dotted line), solver settings chosen at predict time"
-                 f"{quick}")
+                 f"\n{settings}")
     fig.savefig(path, dpi=120)
 
 
@@ -138,6 +141,8 @@ parser.add_argument("--output", default="digits_tolerance.png", help="figure pat
 parser.add_argument("--quiet", action="store_true", help="no progress bar")
 parser.add_argument("--quick", action="store_true",
                     help="10 epochs, one timing per setting (the documentation build)")
+parser.add_argument("--model", default=None,
+                    help="load this fitted ODEClassifier (odeplug.save) instead of fitting")
 args = parser.parse_args()
 if args.quick:
     args.quiet = True
@@ -147,29 +152,42 @@ REPEATS = 1 if args.quick else 5  # predict timings per setting: median and rang
 # %%
 # Fit
 # ---
-# One fit at the default tolerance (``rtol=1e-3``), with a progress bar unless quiet.
+# One fit at the default tolerance (``rtol=1e-3``), with a progress bar unless quiet;
+# with ``--model``, the saved fit instead (what the gallery shows).
 X, y = load_digits(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(
     X, y, test_size=0.25, stratify=y, random_state=0)
 
-clf = odeplug.ODEClassifier(backend=args.backend, device=args.device,
-                            random_state=args.random_state,
-                            verbose=0 if args.quiet else 1)
-if args.max_iter is not None:
-    clf.set_params(max_iter=args.max_iter)
-model = make_pipeline(StandardScaler(), clf)
-start = time.perf_counter()
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always", ConvergenceWarning)
-    model.fit(X_train, y_train)
-fit_time = time.perf_counter() - start
+if args.model is None:
+    clf = odeplug.ODEClassifier(backend=args.backend, device=args.device,
+                                random_state=args.random_state,
+                                verbose=0 if args.quiet else 1)
+    if args.max_iter is not None:
+        clf.set_params(max_iter=args.max_iter)
+    model = make_pipeline(StandardScaler(), clf)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(X_train, y_train)
+    fit_time = time.perf_counter() - start
+    stopped = ("max_iter reached, loss still improving"
+               if any(issubclass(w.category, ConvergenceWarning) for w in caught)
+               else "converged")
+    print(f"engine: {clf.backend_}    epochs: {clf.n_iter_} ({stopped})    "
+          f"fit time: {fit_time:.1f} s (compilation included)")
+    settings = (f"--quick: {clf.n_iter_} epochs (unconverged), one timing per setting"
+                if args.quick else f"{clf.n_iter_} epochs, {REPEATS} timings per setting")
+else:
+    # The scaler is refitted on the same split: the saved classifier was fitted on it.
+    clf = odeplug.load(args.model, backend=args.backend, expected=odeplug.ODEClassifier)
+    clf.set_params(device=args.device)
+    model = make_pipeline(StandardScaler().fit(X_train), clf)
+    print(f"loaded {Path(args.model).name}: fitted on {clf.backend_} in {clf.n_iter_} epochs, "
+          f"predicting on {args.backend}")
+    settings = (f"model of the full fit ({clf.n_iter_} epochs on {clf.backend_}) loaded from "
+                f"{Path(args.model).name}; "
+                f"{'one timing' if REPEATS == 1 else f'{REPEATS} timings'} per setting")
 fitted_rtol = clf.rtol
-
-stopped = ("max_iter reached, loss still improving"
-           if any(issubclass(w.category, ConvergenceWarning) for w in caught)
-           else "converged")
-print(f"engine: {clf.backend_}    epochs: {clf.n_iter_} ({stopped})    "
-      f"fit time: {fit_time:.1f} s (compilation included)")
 backward = clf.nfe_["backward"]
 print(f"training NFE per batch (last epoch): forward {clf.nfe_['forward']:.0f}, "
       f"backward {'n/a' if backward is None else f'{backward:.0f}'}")
@@ -183,10 +201,18 @@ print(f"training NFE per batch (last epoch): forward {clf.nfe_['forward']:.0f}, 
 # solve at ``rtol = 1e-8``.
 Z_test = model[0].transform(X_test)
 reference = clf.set_params(rtol=1e-8, atol=1e-9).predict_log_proba(Z_test)
-rows = [_measure(clf, Z_test, y_test, reference, rtol=rtol, atol=rtol / 10)
-        for rtol in sorted({*RTOLS, fitted_rtol}, reverse=True)]
-fixed = [_measure(clf, Z_test, y_test, reference, solver=solver, step_size=1 / n_steps)
-         for solver in ("euler", "rk4") for n_steps in FIXED_STEPS]
+sweep = ([{"rtol": rtol, "atol": rtol / 10} for rtol in sorted({*RTOLS, fitted_rtol},
+                                                              reverse=True)]
+         + [{"solver": solver, "step_size": 1 / n_steps}
+            for solver in ("euler", "rk4") for n_steps in FIXED_STEPS])
+measured = []
+for i, solver_params in enumerate(sweep, 1):
+    # One line per setting as it is measured: the sweep takes seconds to minutes.
+    described = ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else
+                          f"{key} {value}" for key, value in solver_params.items())
+    print(f"predicting the test set {i}/{len(sweep)}: {described}", flush=True)
+    measured.append(_measure(clf, Z_test, y_test, reference, **solver_params))
+rows, fixed = measured[:-2 * len(FIXED_STEPS)], measured[-2 * len(FIXED_STEPS):]
 clf.set_params(solver="dopri5", step_size=None, rtol=fitted_rtol, atol=fitted_rtol / 10)
 
 print(f"{'solver':>8} {'setting':>12} {'accuracy':>9} {'max |log p error|':>18} "
@@ -208,6 +234,5 @@ print(f"\ntest accuracy: {test_accuracy:.4f}")
 # and for Euler and RK4 of 1 to 8 steps. The other panels against ``rtol``: NFE per
 # input (mean and 10th to 90th percentile), the numerical error of the
 # log-probabilities, and the wall time of one ``predict`` on the test set.
-_plot(rows, fixed, fitted_rtol, clf.backend_, len(X_test), args.output,
-      quick_epochs=clf.n_iter_ if args.quick else None)
+_plot(rows, fixed, fitted_rtol, args.backend, len(X_test), args.output, settings)
 print(f"figure: {args.output}")

@@ -175,7 +175,7 @@ for name, color in zip(memory, colors[1:], strict=True):
           f"{', '.join(f'{m:.1f}' for m in memory[name])}")
 ax.set_xlabel("integration time t1 (depth; dimensionless)")
 ax.set_ylabel("peak memory of one epoch (MiB)")
-ax.set_title(f"training memory against depth ({n_rows} digits, batch 200)")
+ax.set_title(f"training memory against depth ({n_rows} digits, batch 200{quick})")
 ax.set_xticks(depths)
 ax.set_ylim(bottom=0)
 ax.legend()

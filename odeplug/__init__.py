@@ -3,6 +3,7 @@
 The public API is re-exported here from private modules.
 """
 
+from . import layers
 from ._config import config_context, get_config, set_config
 from ._constant import Constant
 from ._odeint import odeint
@@ -16,6 +17,7 @@ from ._solver_options import (
     ODEStats,
     make_solve_config,
 )
+from ._user_field import UserField
 from .backend import Backend, BackendInfo, available_backends, get_backend, register_backend
 from .estimators import CNFDensity, LatentODERegressor, ODEClassifier
 from .exceptions import (
@@ -45,10 +47,12 @@ __all__ = [
     "ODEStats",
     "SolverError",
     "TrainingDivergedError",
+    "UserField",
     "available_backends",
     "config_context",
     "get_backend",
     "get_config",
+    "layers",
     "load",
     "make_solve_config",
     "odeint",

@@ -31,6 +31,12 @@ process has already defined (subclasses of ``ODEEstimatorBase`` and ``ModelSpec`
 by name among the defined subclasses, never imported by a name from the file): no code
 of the file runs, there is no pickle to run it.
 
+A user module field (:class:`odeplug.UserField`) is code, so a file holds only its
+description (``{"$user_field": {"framework", "module", "kwargs"}}``, informative) and
+its parameters (canonical arrays under ``field.<the module's own names>``); ``load``
+takes the module back from its caller (``field=``) and refuses one whose parameter
+names or shapes differ from the saved ones.
+
 Why safetensors and JSON rather than ``skops.io``: skops persists an estimator's
 ``__dict__`` object by object, in a zip of JSON and ``.npy`` files, and asks its user
 to trust every type it does not know (odeplug's specs and history would be such
@@ -51,6 +57,7 @@ import math
 import os
 import sys
 import tempfile
+import warnings
 from typing import Any
 
 import numpy as np
@@ -82,7 +89,8 @@ class ModelFileError(ValueError):
         estimator this process does not know or did not expect), ``"newer"`` (written
         in a newer format version), ``"tampered"`` (its contents do not match its
         integrity digest), ``"key"`` (saved with a key and loaded without it, or the
-        other way round).
+        other way round), ``"field"`` (a model of the user's own module, loaded without
+        it or with one that does not match: see :func:`load`'s ``field``).
 
     Examples
     --------
@@ -140,9 +148,10 @@ def _dataclasses() -> list[type]:
     from ._solver_options import BacksolveAdjoint, ODESolveConfig
     from ._specs import Hyper, ModelSpec
     from ._training import TrainingHistory
+    from .layers import Layer
 
     classes = [TrainingHistory, BacksolveAdjoint, ODESolveConfig, Hyper,
-               *_subclasses(Hyper), *_subclasses(ModelSpec)]
+               *_subclasses(Hyper), *_subclasses(ModelSpec), *_subclasses(Layer)]
     return [c for c in classes if dataclasses.is_dataclass(c)]
 
 
@@ -213,6 +222,11 @@ class _Writer:
             return {"$random_state": {"kind": kind, "key": self.array(key, f"{path}.key"),
                                       "pos": int(pos), "has_gauss": int(has_gauss),
                                       "cached_gaussian": self.encode(float(cached), path)}}
+        from ._user_field import UserField
+
+        if isinstance(value, UserField):  # a description of the user's code, never the code
+            return {"$user_field": {"framework": value.framework, "module": value.class_name,
+                                    "kwargs": self.encode(value.kwargs, f"{path}.kwargs")}}
         cls = type(value)
         if cls in self.allowed:
             name = _check_unique(cls, self.dataclasses, "dataclass")
@@ -257,9 +271,11 @@ def _shape(node: Any) -> tuple[int, ...]:
 class _Reader:
     """Decodes what :class:`_Writer` wrote; a malformation is a ``ValueError``."""
 
-    def __init__(self, tensors: dict[str, np.ndarray]):
+    def __init__(self, tensors: dict[str, np.ndarray], field: Any = None):
         self.tensors = tensors
         self.used: set[str] = set()
+        self.field = field  # the user's module given back to load (a UserField)
+        self.field_used = False
         self.dataclasses = _registry(_dataclasses())
 
     def tensor(self, name: Any) -> np.ndarray:
@@ -342,7 +358,35 @@ class _Reader:
             return state
         if tag == "$dataclass":
             return self.dataclass(body)
+        if tag == "$user_field":
+            return self.user_field(body)
         _fail(f"unknown tag {tag!r:.80}")
+
+    def user_field(self, body: Any) -> Any:
+        """The module the caller gave back for the file's user field (the file holds its
+        description only: no code travels in a model file)."""
+        from ._user_field import a_module_of
+
+        _keys(body, {"framework", "module", "kwargs"}, "a user field")
+        framework = _of(body["framework"], str, "a framework")
+        name = _of(body["module"], str, "a module name")
+        kwargs = _of(self.decode(body["kwargs"]), dict, "keyword arguments")
+        described = f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        if self.field is None:
+            raise ModelFileError(
+                f"the model's field is the user's {framework} module {described:.200}: "
+                "give it back, odeplug.load(file, field=odeplug.UserField(cls, **kwargs))",
+                reason="field")
+        if self.field.framework != framework:
+            raise ModelFileError(
+                f"the model's field is {a_module_of(framework)} ({described:.200}); "
+                f"field={self.field!r} is {a_module_of(self.field.framework)}",
+                reason="field")
+        if self.field.class_name != name or self.field.kwargs != kwargs:
+            warnings.warn(f"odeplug.load: the model was saved with field {described:.200}, "
+                          f"and is given back {self.field!r}", UserWarning, stacklevel=4)
+        self.field_used = True
+        return self.field
 
     def dataclass(self, body: Any) -> Any:
         _keys(body, {"name", "fields"}, "a dataclass")
@@ -353,12 +397,22 @@ class _Reader:
                   "(or its model family is not defined in this process, or two are)")
         values = {k: self.decode(v) for k, v in _of(body["fields"], dict, "fields").items()}
         known = {f.name: f for f in dataclasses.fields(cls)}
+        # Fields a class has retired (its RETIRED_FIELDS) are read from older files and
+        # dropped.
+        for retired in set(values) & getattr(cls, "RETIRED_FIELDS", frozenset()):
+            del values[retired]
         unknown = set(values) - set(known)
         if unknown:
             _fail(f"{name} has no fields {sorted(unknown)} in this odeplug")
         # A field added since the file was written takes its default (the constructor
         # refuses a missing one without); fields outside __init__ are set afterwards.
-        obj = cls(**{k: v for k, v in values.items() if known[k].init})
+        try:
+            obj = cls(**{k: v for k, v in values.items() if known[k].init})
+        except Exception as error:
+            if self.field is not None and any(v is self.field for v in values.values()):
+                raise ModelFileError(f"field={self.field!r} does not fit the saved model: "
+                                     f"{error}", reason="field") from error
+            raise
         for k, v in values.items():
             if not known[k].init:
                 object.__setattr__(obj, k, v)
@@ -595,7 +649,7 @@ def _header(data: bytes, where: str) -> dict[str, Any]:
 
 
 def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] | None = None,
-         key: bytes | str | None = None):
+         key: bytes | str | None = None, field: Any = None):
     """Load an estimator saved by :func:`save`, on any engine, without running code.
 
     Parameters
@@ -610,6 +664,11 @@ def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] 
         Refuse a file of an estimator of another class.
     key : bytes or str, optional
         The key the file was signed with (:func:`save`).
+    field : odeplug.UserField, optional
+        The user's module of a model fitted with ``field=odeplug.UserField(...)``: the
+        file holds its parameters (as arrays, under the module's own names) and a
+        description of it, never its code, so the caller gives the module back. Its
+        parameter names and shapes must be the saved ones.
 
     Returns
     -------
@@ -625,7 +684,10 @@ def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] 
         ``"malformed"``, ``"foreign"`` (another format, or an estimator class this process
         does not define, or not ``expected``), ``"newer"`` (a newer format version),
         ``"tampered"`` (its digest does not match: corrupted or edited), ``"key"``
-        (signed and no key given, or a key given for an unsigned file).
+        (signed and no key given, or a key given for an unsigned file), ``"field"``
+        (a model of a user module loaded without ``field=``, or with one of another
+        framework or whose parameter names or shapes differ from the saved ones, or
+        ``field=`` for a model without a user module).
     ValueError, BackendNotAvailableError
         ``backend`` is unknown or not installed.
 
@@ -694,7 +756,7 @@ def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] 
             f"{where} does not match its integrity digest: it was modified or corrupted"
             + (", or signed with another key" if signed else ""), reason="tampered")
     try:
-        estimator = _build(model, tensors, expected=expected)
+        estimator = _build(model, tensors, expected=expected, field=field)
     except ModelFileError:
         raise
     except Exception as error:  # of the file's contents: a bad value, a dataclass's check
@@ -708,7 +770,7 @@ def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] 
     return estimator
 
 
-def _build(model: Any, tensors: dict[str, np.ndarray], *, expected):
+def _build(model: Any, tensors: dict[str, np.ndarray], *, expected, field=None):
     from ._specs import ModelSpec
     from .estimators._sklearn_compat import validate_params
 
@@ -726,7 +788,12 @@ def _build(model: Any, tensors: dict[str, np.ndarray], *, expected):
     if expected is not None and not issubclass(cls, expected):
         raise ModelFileError(f"the file holds a {name}, not the expected {expected}",
                              reason="foreign")
-    reader = _Reader(tensors)
+    if field is not None:
+        from ._user_field import UserField
+
+        if not isinstance(field, UserField):
+            raise TypeError(f"field= takes an odeplug.UserField, got {field!r:.100}")
+    reader = _Reader(tensors, field)
     params = {k: reader.decode(v) for k, v in _of(model["params"], dict, "params").items()}
     estimator = cls(**params)  # an unknown parameter is a TypeError
     validate_params(estimator)
@@ -750,10 +817,31 @@ def _build(model: Any, tensors: dict[str, np.ndarray], *, expected):
         spec = fitted.get("_spec")
         if not isinstance(spec, ModelSpec):
             _fail("its parameters come without a model spec")
+        if reader.field_used:
+            _check_user_parameters(spec, canonical, field)
         spec.check_params(canonical)  # the names and shapes of the spec's table
         fitted["params_"] = canonical
+    if field is not None and not reader.field_used:
+        raise ModelFileError(f"field={field!r} was given, but the saved model's field is "
+                             "not a user module", reason="field")
     extra = set(tensors) - reader.used
     if extra:
         _fail(f"it holds arrays that nothing refers to: {sorted(extra)[:5]}")
     estimator.__dict__.update(fitted)
     return estimator
+
+
+def _check_user_parameters(spec: Any, canonical: dict[str, np.ndarray], field: Any) -> None:
+    """Refuse a user module whose parameters are not the saved ones, naming each
+    difference."""
+    expected = {k: v for k, v in spec.param_shapes().items() if k.startswith("field.")}
+    saved = {k: tuple(v.shape) for k, v in canonical.items() if k.startswith("field.")}
+    missing, extra = sorted(set(saved) - set(expected)), sorted(set(expected) - set(saved))
+    shapes = [f"{k}: saved {saved[k]}, module {expected[k]}"
+              for k in saved if k in expected and saved[k] != expected[k]]
+    if missing or extra or shapes:
+        parts = ([f"saved parameters the module lacks: {missing}"] if missing else []) \
+            + ([f"module parameters not saved: {extra}"] if extra else []) \
+            + ([f"shapes differ: {'; '.join(shapes)}"] if shapes else [])
+        raise ModelFileError(f"field={field!r} does not match the saved model's field: "
+                             + "; ".join(parts), reason="field")

@@ -28,6 +28,7 @@ __all__ = [
     "ACTIVATIONS",
     "CNFHyper",
     "CNFSpec",
+    "CNFTrainingSpec",
     "Fill",
     "GlorotUniform",
     "Hyper",
@@ -40,6 +41,7 @@ __all__ = [
     "Param",
     "TRACE_ESTIMATORS",
     "Zeros",
+    "cnf_training",
     "dense_params",
 ]
 
@@ -239,15 +241,23 @@ class Hyper:
 class ODENetSpec(ModelSpec):
     """The ODE-Net of Chen et al. (2018), a continuous-depth residual network.
 
-    ``x -> z0 = activation(x @ W_embed + b_embed)``, padded with ``augment_dim`` zeros
-    (Dupont et al. 2019); ``z(t1)`` solves ``dz/dt = field(t, z)`` from 0 to ``t1``;
-    logits ``z(t1) @ W_head + b_head``. The field is an MLP of ``[z, t]``: hidden layers
-    of widths ``field_hidden`` with ``field_activation``, then a linear layer back to the
-    state.
+    ``x -> z0 = embed(x)``, padded with ``augment_dim`` zero channels (Dupont et al.
+    2019); ``z(t1)`` solves ``dz/dt = field(t, z)`` from 0 to ``t1``; logits
+    ``head(z(t1))``. ``embed``, ``field`` and ``head`` are layers of
+    :mod:`odeplug.layers` (the solvers integrate the state flat; the layers see it in
+    its shape, ``(C,)`` or ``(C, L)`` or ``(C, H, W)``).
 
-    Parameter names (weights are ``(fan_in, fan_out)``, applied as ``x @ W + b``):
-    ``embed.weight``, ``embed.bias``, ``field.{i}.weight``, ``field.{i}.bias`` for each
-    layer ``i`` of the field, ``head.weight``, ``head.bias``.
+    Without layers given (``embed_layer``, ``field_layer``, ``head_layer`` None) it is
+    the MLP ODE-Net: ``embed = Dense(embed_dim, activation)``; the field an MLP of
+    ``[z, t]`` (hidden layers of widths ``field_hidden`` with ``field_activation``, then
+    a linear layer back to the state); ``head = Dense(n_outputs)``. Parameter names
+    (weights ``(fan_in, fan_out)``, applied as ``x @ W + b``): ``embed.weight``,
+    ``embed.bias``, ``field.{i}.weight``, ``field.{i}.bias`` for each layer ``i`` of
+    the field, ``head.weight``, ``head.bias``. Given layers name their parameters
+    under ``embed``, ``field`` and ``head`` by the layers' own layouts.
+
+    ``input_shape``: the shape of a row of ``X`` as the embedding sees it (None: flat,
+    ``(n_features,)``).
     """
 
     family: ClassVar[str] = "classifier"
@@ -261,14 +271,61 @@ class ODENetSpec(ModelSpec):
     activation: str
     field_activation: str
     dtype: str = "float32"
+    input_shape: tuple[int, ...] | None = None
+    embed_layer: Any = None
+    field_layer: Any = None
+    head_layer: Any = None
+
+    def __post_init__(self):
+        if self.input_shape is not None and math.prod(self.input_shape) != self.n_features:
+            raise ValueError(f"input_shape {self.input_shape} has "
+                             f"{math.prod(self.input_shape)} entries for rows of "
+                             f"{self.n_features} features")
+        state = self.state_shape
+        out = self.layers()[1].output_shape(state)
+        if out != state:
+            raise ValueError(f"the field maps states of shape {state} to {out}: an ODE's "
+                             "field must give the state's own shape")
+
+    def layers(self) -> tuple[Any, Any, Any]:
+        """``(embed, field, head)``, the MLP ODE-Net's where not given."""
+        from .layers import ConcatTime, Dense, Sequential
+
+        factor = glorot_factor(self.activation)
+        embed = (self.embed_layer if self.embed_layer is not None
+                 else Dense(self.embed_dim, self.activation, factor))
+        if self.field_layer is not None:
+            field = self.field_layer
+        else:
+            width = self._embedded_shape(embed)[0] + self.augment_dim
+            hidden = [Dense(h, self.field_activation, factor) for h in self.field_hidden]
+            dense = [*hidden, Dense(width, factor=factor)]
+            field = Sequential([ConcatTime(dense[0]), *dense[1:]])
+        head = (self.head_layer if self.head_layer is not None
+                else Dense(self.n_outputs, factor=factor))
+        return embed, field, head
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """The shape of a row of ``X`` for the embedding."""
+        return self.input_shape or (self.n_features,)
+
+    def _embedded_shape(self, embed) -> tuple[int, ...]:
+        return embed.output_shape(self.row_shape)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The ODE's state per row: the embedding's channels and ``augment_dim`` more."""
+        embedded = self._embedded_shape(self.layers()[0])
+        return (embedded[0] + self.augment_dim, *embedded[1:])
 
     @property
     def state_dim(self) -> int:
-        return self.embed_dim + self.augment_dim
+        return math.prod(self.state_shape)
 
     @property
     def field_sizes(self) -> tuple[int, ...]:
-        """Widths of the field's layers, input (state and time) to output."""
+        """Widths of the MLP field's layers, input (state and time) to output."""
         return (self.state_dim + 1, *self.field_hidden, self.state_dim)
 
     @property
@@ -276,10 +333,11 @@ class ODENetSpec(ModelSpec):
         return len(self.field_sizes) - 1
 
     def param_table(self) -> dict[str, Param]:
-        factor = glorot_factor(self.activation)
-        table = dense_params("embed", self.n_features, self.embed_dim, factor=factor)
-        table.update(mlp_params("field", self.field_sizes, factor=factor))
-        table.update(dense_params("head", self.state_dim, self.n_outputs, factor=factor))
+        embed, field, head = self.layers()
+        state = self.state_shape
+        table = embed.param_table(self.row_shape, "embed")
+        table.update(field.param_table(state, "field"))
+        table.update(head.param_table(state, "head"))
         return table
 
 
@@ -301,7 +359,7 @@ class CNFHyper(Hyper):
 @dataclass(frozen=True)
 class CNFSpec(ModelSpec):
     """A continuous normalizing flow (Chen et al. 2018, Sec. 4; FFJORD, Grathwohl et al.
-    2019).
+    2019): the fitted model, its architecture only.
 
     Time convention: data ``x`` at ``t = 0`` is carried by ``dz/dt = f(t, z)`` to the
     base distribution ``N(0, I)`` at ``t1``; ``log p(x) = log N(z(t1); 0, I) +
@@ -313,21 +371,22 @@ class CNFSpec(ModelSpec):
     linear layer back to the state. Parameters ``field.{i}.weight`` ``(fan_in,
     fan_out)`` and ``field.{i}.bias`` for each layer ``i``.
 
-    ``trace`` is the training estimator of ``tr(df/dz)``: ``"exact"`` (a forward-mode
-    pass with ``n_features`` tangents) or ``"hutchinson"`` (one tangent, the probe
-    vector of the batch). ``regularize``: the state also integrates RNODE's kinetic
-    energy and Jacobian Frobenius norm (two more channels; their weights are values of a
-    :class:`CNFHyper`).
+    How it is trained (the trace estimator, RNODE's regularisers) is not part of the
+    model: :class:`CNFTrainingSpec` wraps it with those choices. Inference (exact trace,
+    no regulariser channels) is the program of this spec alone, so it compiles once per
+    architecture whatever the training was. A program built from a bare ``CNFSpec``
+    trains by maximum likelihood with the exact trace and no regulariser.
     """
 
     family: ClassVar[str] = "density"
     program: ClassVar[tuple[str, str]] = ("cnf", "CNFProgram")
+    # Fields of model files written before the training choices left the fitted spec
+    # (format 1): read and dropped (odeplug._persistence).
+    RETIRED_FIELDS: ClassVar[frozenset[str]] = frozenset({"trace", "regularize"})
 
     n_features: int
     field_hidden: tuple[int, ...]
     field_activation: str
-    trace: str = "exact"
-    regularize: bool = False
     dtype: str = "float32"
 
     @property
@@ -339,14 +398,57 @@ class CNFSpec(ModelSpec):
     def n_field_layers(self) -> int:
         return len(self.field_sizes) - 1
 
+    def param_table(self) -> dict[str, Param]:
+        return mlp_params("field", self.field_sizes,
+                          factor=glorot_factor(self.field_activation))
+
+
+@dataclass(frozen=True)
+class CNFTrainingSpec(ModelSpec):
+    """What a CNF's maximum-likelihood training program is built from: the model
+    (``cnf``, a :class:`CNFSpec`) and the training-only choices.
+
+    ``trace`` is the training estimator of ``tr(df/dz)``: ``"exact"`` (a forward-mode
+    pass with ``n_features`` tangents) or ``"hutchinson"`` (one tangent, the probe
+    vector of the batch). ``regularize``: the state also integrates RNODE's kinetic
+    energy and Jacobian Frobenius norm (two more channels; their weights are values of a
+    :class:`CNFHyper`). The program trains the very parameters of ``cnf`` in the same
+    training state whatever the choices, so a warm start may change them; its
+    inference entry points are those of ``cnf``.
+    """
+
+    family: ClassVar[str] = "density"
+    program: ClassVar[tuple[str, str]] = ("cnf", "CNFProgram")
+
+    cnf: CNFSpec
+    trace: str = "exact"
+    regularize: bool = False
+
+    def __post_init__(self):
+        if self.trace not in TRACE_ESTIMATORS:
+            raise ValueError(f"trace must be one of {TRACE_ESTIMATORS}, got {self.trace!r}")
+
+    @property
+    def dtype(self) -> str:  # type: ignore[override]
+        return self.cnf.dtype
+
+    @property
+    def n_features(self) -> int:
+        return self.cnf.n_features
+
     @property
     def n_channels(self) -> int:
         """Integrated channels beside ``z``: the trace, and RNODE's two if regularised."""
         return 3 if self.regularize else 1
 
     def param_table(self) -> dict[str, Param]:
-        return mlp_params("field", self.field_sizes,
-                          factor=glorot_factor(self.field_activation))
+        return self.cnf.param_table()
+
+
+def cnf_training(spec: CNFSpec | CNFTrainingSpec) -> CNFTrainingSpec:
+    """The training spec of a CNF program's spec (a bare ``CNFSpec``: the exact trace,
+    no regulariser)."""
+    return spec if isinstance(spec, CNFTrainingSpec) else CNFTrainingSpec(spec)
 
 
 def gru_params(name: str, n_inputs: int, n_hidden: int) -> dict[str, Param]:

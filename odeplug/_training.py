@@ -12,7 +12,11 @@ parameters, and guarantees that the parameters it hands back can be used:
 * **Divergence** (:class:`~odeplug.TrainingDivergedError`): a non-finite loss, a loss
   that explodes relative to the best one seen (:data:`EXPLOSION_FACTOR`), or a failed
   solve in a step or in the validation score. The error carries the last verified
-  parameters; the estimator decides what to keep.
+  parameters; the estimator decides what to keep. Its message words the cause the same
+  on every engine (a failed solve by its ``reason``, not by the engine's message) and
+  gives the advice that fits it: the learning rate only once updates were made, the
+  data's scale when the very first loss or solve failed, the step budget or tolerances
+  for a failed solve.
 * **Step-size schedule** (``learning_rate``, scikit-learn's MLP vocabulary, applied to
   Adam): ``"constant"`` keeps ``learning_rate_init``; ``"adaptive"`` divides the step
   size by :data:`ADAPTIVE_FACTOR` each time the tolerance rule fires, instead of
@@ -20,8 +24,14 @@ parameters, and guarantees that the parameters it hands back can be used:
   (as scikit-learn's ``SGDOptimizer.trigger_stopping``). The step size of each epoch is
   the curve ``learning_rate``.
 * **Ctrl-C**: after at least one completed epoch, the loop stops and reports it, with the
-  verified parameters; before any epoch completed, ``KeyboardInterrupt`` propagates and
-  the estimator restores itself as it was.
+  parameters at the end of the last completed epoch (verified by a loss, computed if no
+  step did yet) or, with early stopping, the best-scoring ones: parameters, curves and
+  counts describe one moment. The training state has moved on from them, so the outcome
+  is not ``resumable``: a warm start continues from the parameters kept. Before any
+  epoch completed, ``KeyboardInterrupt`` propagates and the estimator restores itself
+  as it was.
+* **One epoch at a time**: an epoch enters the history (curves, counts, validation
+  score) at once, after everything in it that can fail or be interrupted.
 
 Batches all have the same size: the last batch of an epoch is filled up with the first
 samples of the epoch's order, so that a compiled (JAX) step serves every batch of a fit
@@ -40,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from ._progress import epoch_progress
 from .exceptions import SolverError, TrainingDivergedError
 
 __all__ = ["ADAPTIVE_FACTOR", "EXPLOSION_FACTOR", "LEARNING_RATE_SCHEDULES",
@@ -98,12 +109,15 @@ class TrainingHistory:
 class TrainingOutcome:
     """What :func:`train` returns: the final state, the parameters to keep, and how it
     stopped (``converged``: the tolerance rule stopped it; ``interrupted``: the warning
-    to give after Ctrl-C, else None)."""
+    to give after Ctrl-C, else None). ``resumable``: ``state`` holds ``params``, so a
+    later call may continue from it; else (early stopping kept an earlier epoch, Ctrl-C)
+    it continues from ``params`` with a fresh optimiser."""
 
     state: Any
     params: dict[str, np.ndarray]
     converged: bool
     interrupted: str | None = None
+    resumable: bool = True
 
 
 def epoch_batches(n_samples: int, batch_size: int, rng: np.random.RandomState):
@@ -182,8 +196,12 @@ def train(
     verified = None  # parameters a finite, sane loss was computed from
     best_step = math.inf  # lowest minibatch loss of this call
     completed = 0
+    # The parameters at the end of the last epoch recorded in ``history`` (what Ctrl-C
+    # hands back: parameters, curves and counts of one moment), and whether a step has
+    # computed a loss from them yet (the first step after the epoch does).
+    recorded, recorded_verified = None, False
     epoch = history.n_iter + 1
-    progress = _progress(max_iter, verbose, desc)
+    progress = epoch_progress(max_iter, verbose, desc)
     converged = False
 
     def minibatch(idx: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -197,11 +215,17 @@ def train(
     def check(metrics: dict, what: str) -> float:
         loss = float(metrics["loss"])
         if not math.isfinite(loss):
-            raise _diverged(epoch, f"the loss became {loss} {what}", verified)
+            raise _diverged(epoch, f"the loss became {loss} {what}",
+                            _loss_advice(verified), verified)
         if loss > best_step + EXPLOSION_FACTOR * max(1.0, abs(best_step)):
             raise _diverged(epoch, f"the loss exploded to {loss:.4g} {what} (lowest so "
-                            f"far {best_step:.4g})", verified)
+                            f"far {best_step:.4g})", _loss_advice(verified), verified)
         return loss
+
+    def solve_failed(what: str, error: SolverError) -> TrainingDivergedError:
+        cause = _solve_cause(error, hyper_at(epoch))
+        return _diverged(epoch, f"the ODE solve {what} failed: {cause}",
+                         _solve_advice(error, verified), verified)
 
     try:
         for _ in range(max_iter):
@@ -215,46 +239,57 @@ def train(
             for idx in batches:
                 batch = minibatch(idx)
                 before = program.get_params(state)
+                # The first step of a fit (not of each partial_fit): JAX compiles it.
+                announce = progress is not None and verified is None and not history.n_iter
+                if announce:
+                    progress.compiling()
                 try:
                     state, metrics = program.step(state, batch, current)
                 except SolverError as error:
-                    raise _diverged(epoch, f"the ODE solve failed: {error}", verified) \
-                        from error
+                    raise solve_failed("of a training step", error) from error
+                if announce:
+                    progress.compiled()
                 loss = check(metrics, "in a training step")
                 verified, best_step = before, min(best_step, loss)
+                recorded_verified = True
                 _accumulate(sums, metrics)
             n_batches = len(batches)
             means = {name: None if total is None else total / n_batches
                      for name, total in sums.items()}
             means["learning_rate"] = current.learning_rate
+            end = program.get_params(state)
+            score = None
+            if validation_score is not None:
+                try:
+                    score = float(validation_score(end))
+                except SolverError as error:
+                    raise solve_failed("of the validation split", error) from error
+                if not math.isfinite(score):
+                    raise _diverged(epoch, f"the validation score became {score}",
+                                    _loss_advice(verified), verified)
+            # The epoch is recorded at once, after everything that can fail or be
+            # interrupted: the history holds whole epochs only.
             for name, mean in means.items():
                 history.curves.setdefault(name, [None] * (epoch - 1)).append(mean)
             for values in history.curves.values():  # a metric missing this epoch
                 if len(values) < epoch:
                     values.append(None)
             history.t_ += n_batches * len(batches[0])
-            completed += 1
             epoch_loss = history.curves["loss"][-1]
-            if validation_score is None:
+            if score is None:
                 improved = epoch_loss < history.best_loss - tol
-                history.best_loss = min(history.best_loss, epoch_loss)
             else:
-                params = program.get_params(state)
-                try:
-                    score = float(validation_score(params))
-                except SolverError as error:
-                    raise _diverged(epoch, f"the ODE solve of the validation split failed: "
-                                    f"{error}", verified) from error
-                if not math.isfinite(score):
-                    raise _diverged(epoch, f"the validation score became {score}", verified)
                 history.validation_scores.append(score)
                 improved = score > history.best_validation_score + tol
                 if score > history.best_validation_score:
                     history.best_validation_score = score
-                    history.best_params = params
-                history.best_loss = min(history.best_loss, epoch_loss)
+                    history.best_params = end
+            history.best_loss = min(history.best_loss, epoch_loss)
             history.no_improvement_count = 0 if improved else history.no_improvement_count + 1
-            _report(progress, history)
+            recorded, recorded_verified = end, False
+            completed += 1
+            if progress is not None:
+                progress.epoch(history)
             if history.no_improvement_count > n_iter_no_change:
                 if learning_rate == "adaptive" and current.learning_rate > MIN_ADAPTIVE_RATE:
                     scale *= ADAPTIVE_FACTOR
@@ -267,26 +302,42 @@ def train(
                 converged = True
                 break
         # The last step's parameters have no loss yet: compute one, without a step.
-        batch = minibatch(batches[-1])
-        try:
-            check(program.evaluate(state, batch, hyper_at(history.n_iter)),
-                  "after the last step")
-        except SolverError as error:
-            raise _diverged(epoch, f"the ODE solve failed after the last step: {error}",
-                            verified) from error
-        verified = program.get_params(state)
+        _verify(program, state, minibatch(batches[-1]), hyper_at(history.n_iter), check,
+                solve_failed, "after the last step")
+        verified = recorded
     except KeyboardInterrupt:
-        if not completed or verified is None:
+        if not completed:
             raise
-        kept = (history.best_params if validation_score is not None else verified)
-        return TrainingOutcome(state, kept, converged=False, interrupted=(
-            f"training interrupted during epoch {epoch}; keeping the parameters of the last "
-            f"completed step ({completed} epoch(s) completed in this call)"))
+        if validation_score is not None:
+            kept, which = history.best_params, "of the best validation score"
+        else:
+            if not recorded_verified:  # interrupted before a step computed their loss
+                _verify(program, program.init(recorded), minibatch(batches[-1]),
+                        hyper_at(history.n_iter), check, solve_failed,
+                        "of the last completed epoch")
+            kept, which = recorded, f"at the end of epoch {history.n_iter}"
+        # The training state has moved on from ``kept``: a warm start continues from
+        # the parameters kept, not from it.
+        return TrainingOutcome(state, kept, converged=False, resumable=False, interrupted=(
+            f"training interrupted during epoch {history.n_iter + 1}; keeping the "
+            f"parameters {which} ({completed} epoch(s) completed in this call)"))
     finally:
         if progress is not None:
             progress.close()
-    final = history.best_params if validation_score is not None else verified
-    return TrainingOutcome(state, final, converged=converged)
+    if validation_score is not None:
+        final = history.best_params
+        return TrainingOutcome(state, final, converged=converged,
+                               resumable=final is recorded)
+    return TrainingOutcome(state, verified, converged=converged)
+
+
+def _verify(program, state, batch, hyper, check, solve_failed, what: str) -> None:
+    """Compute the loss of ``state``'s parameters without a step; a non-finite or
+    exploded loss or a failed solve is divergence."""
+    try:
+        check(program.evaluate(state, batch, hyper), what)
+    except SolverError as error:
+        raise solve_failed(what, error) from error
 
 
 def _accumulate(sums: dict[str, float | None], metrics: dict) -> None:
@@ -297,28 +348,45 @@ def _accumulate(sums: dict[str, float | None], metrics: dict) -> None:
             sums[name] = sums.get(name, 0.0) + float(value)
 
 
-def _diverged(epoch: int, what: str, verified) -> TrainingDivergedError:
-    return TrainingDivergedError(
-        f"training diverged at epoch {epoch}: {what}. Try a smaller learning_rate_init, a "
-        "larger alpha, or tighter rtol/atol.", epoch=epoch, params=verified)
+# What a failed solve says, by its reason: the same words on every engine (each engine's
+# SolverError message has its own details; the error stays chained as the cause).
+_SOLVE_CAUSES = {
+    "max_num_steps": "the step budget max_num_steps={max_num_steps} was exhausted",
+    "step_size_underflow": "the step size fell below what the time can resolve",
+    "non_finite": "the state became non-finite",
+}
 
 
-def _progress(total: int, verbose: int, desc: str):
-    if not verbose:
-        return None
-    from tqdm.auto import tqdm
+def _solve_cause(error: SolverError, hyper: Any) -> str:
+    solve = getattr(hyper, "solve", None)
+    cause = _SOLVE_CAUSES.get(error.reason, "it stopped ({reason})").format(
+        max_num_steps=getattr(solve, "max_num_steps", "?"), reason=error.reason)
+    return f"{cause} at t={error.t:.6g}"
 
-    return tqdm(total=total, desc=desc, unit="epoch", leave=verbose > 1)
+
+def _loss_advice(verified) -> str:
+    """Advice for a non-finite or exploding loss."""
+    if verified is None:
+        # The very first loss of this call: no update has been made, so the step size
+        # is not the cause; the data (or times) at the model's initial parameters is.
+        return ("Nothing was updated yet: check the scale of the data (values or times "
+                "of very large magnitude)")
+    return "Try a smaller learning_rate_init or a larger alpha"
 
 
-def _report(progress, history: TrainingHistory) -> None:
-    if progress is None:
-        return
-    postfix = {"loss": f"{history.last('loss'):.4g}"}
-    for name, label in (("nfe_forward", "nfe"), ("nfe_backward", "nfe_bwd")):
-        if history.last(name) is not None:
-            postfix[label] = f"{history.last(name):.0f}"
-    if history.validation_scores:
-        postfix["val"] = f"{history.validation_scores[-1]:.4f}"
-    progress.set_postfix(postfix)
-    progress.update(1)
+def _solve_advice(error: SolverError, verified) -> str:
+    """Advice for a failed solve, by its reason and whether updates came before it."""
+    if error.reason != "max_num_steps":
+        # A solution that blows up (non-finite, or steps shrinking to nothing): the
+        # field is too large for the data, at the initial or at the updated parameters.
+        return _loss_advice(verified)
+    advice = "Raise max_num_steps, or loosen rtol/atol"
+    if verified is None:
+        return f"{advice}; nothing was updated yet, so check the scale of the data too"
+    # After updates, a field made stiff by too large steps is a likely cause too.
+    return f"{advice}, or try a smaller learning_rate_init or a larger alpha"
+
+
+def _diverged(epoch: int, what: str, advice: str, verified) -> TrainingDivergedError:
+    return TrainingDivergedError(f"training diverged at epoch {epoch}: {what}. {advice}.",
+                                 epoch=epoch, params=verified)

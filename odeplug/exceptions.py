@@ -110,9 +110,10 @@ class TrainingDivergedError(RuntimeError):
     """Training stopped: a non-finite or exploding loss, or a failed solve.
 
     The estimator is left able to predict: a fresh fit keeps the last parameters whose
-    training loss was finite and sane (or stays unfitted if there were none), a
-    ``warm_start`` fit or ``partial_fit`` restores the estimator as it was before the
-    call. The message says which.
+    training loss was finite and sane (if there were none, the estimator is restored as
+    it was: unfitted, or with its previous fit), a ``warm_start`` fit or ``partial_fit``
+    restores the estimator as it was before the call. The message says which, words the
+    cause the same on every engine, and gives the advice that fits it.
 
     Attributes
     ----------

@@ -25,6 +25,12 @@ def test_digits_example(tmp_path):
     accuracy = float(out.stdout.split("test accuracy:")[1].split()[0])
     assert accuracy > 0.5  # three epochs: far from converged, far from chance (0.1)
     assert figure.stat().st_size > 10_000
+    # The predict sweep says where it is, one line per setting before the table.
+    progress = [line for line in out.stdout.splitlines()
+                if line.startswith("predicting the test set ")]
+    assert len(progress) == 11 + 8, progress  # 11 tolerances (the fitted one among them), 8 fixed
+    assert progress[-1].startswith("predicting the test set 19/19: solver rk4")
+    assert out.stdout.index(progress[-1]) < out.stdout.index("test accuracy:")
 
 
 @pytest.mark.slow
@@ -51,3 +57,51 @@ def test_flow_matching_example(tmp_path):
     assert len(lines) == 4 + 5 + 5  # every stage of the three fits is scored
     assert all(np.isfinite(float(line.split()[-1])) for line in lines)
     assert figure.stat().st_size > 10_000
+
+
+def _example_module(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # its main() runs only as a script
+    return module
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("n_panels", [1, 4])
+def test_flow_matching_figure_keeps_title_legend_and_ticks_inside_and_apart(tmp_path,
+                                                                            n_panels):
+    """The gallery draws one panel (moons at --quick), docs/density.md four: the title
+    and the legend lie inside the figure, and no two tick labels of an axis overlap."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    example = _example_module("flow_matching_density")
+    # Times under a decade, as in a --quick run: log scale's minor labels crowd there.
+    curves = {label: [(t, -2.8 + 0.1 * i) for i, t in enumerate((1.6, 1.8, 2.0, 2.3, 2.9))]
+              for label in example.LABELS}
+    names = ["moons", "8gaussians", "2spirals", "digits"][:n_panels]
+    fig = example.draw({name: curves for name in names}, tmp_path / "figure.png",
+                       references={name: -2.5 for name in names},
+                       note="--quick: 600 points, a tenth of the epochs, unconverged")
+    try:
+        renderer = fig.canvas.get_renderer()
+        inside = fig.bbox
+        for artist in (fig._suptitle, *fig.legends):
+            box = artist.get_window_extent(renderer)
+            assert (box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0
+                    and box.y1 <= inside.y1), (artist, box, inside)
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                labels = [label.get_window_extent(renderer)
+                          for label in axis.get_ticklabels(which="both")
+                          if label.get_visible() and label.get_text()]
+                clashes = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]
+                           if _overlap(a, b)]
+                assert not clashes, clashes
+    finally:
+        plt.close(fig)

@@ -3,7 +3,9 @@ step diverges, explodes, fails or is interrupted, what it records, and its batch
 
 from __future__ import annotations
 
+import io
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -103,7 +105,8 @@ def test_an_exploding_loss_is_divergence():
 
 def test_a_failed_solve_in_the_first_step_verifies_nothing():
     error = SolverError("max_num_steps=5 exceeded at t=0.3", reason="max_num_steps", t=0.3)
-    with pytest.raises(TrainingDivergedError, match="the ODE solve failed") as info:
+    with pytest.raises(TrainingDivergedError,
+                       match="the ODE solve of a training step failed") as info:
         run(Scripted([error]))
     assert info.value.params is None
     assert isinstance(info.value.__cause__, SolverError)
@@ -223,3 +226,82 @@ def test_progress_resets_the_plateau_count_under_the_adaptive_schedule():
 def test_an_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="learning_rate must be one of"):
         run(Scripted([1.0]), learning_rate="invscaling")
+
+
+# ------------------------------------------------------------------ progress display
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_off_a_terminal_is_one_line_per_epoch(capsys):
+    # A log file gets scikit-learn's MLP lines, not a bar's carriage returns.
+    program = Scripted([4.0, 2.0, 3.0, 1.0, 2.0, 2.0])
+    run(program, verbose=1, desc="Model")
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines() == [
+        "Model: compiling the first step",
+        "Iteration 1, loss = 3.00000000, nfe = 10.5",
+        "Iteration 2, loss = 2.00000000, nfe = 12.5",
+        "Iteration 3, loss = 2.00000000, nfe = 14.5",
+    ]
+
+
+def test_progress_bar_says_compiling_and_stays_after_the_fit(monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    run(Scripted([1.0] * 6), verbose=1, desc="Model")
+    frames = terminal.getvalue().split("\r")
+    assert any("compiling" in frame for frame in frames)
+    # Kept on screen (verbose=1 used to erase it): the last frame is the full bar.
+    assert "3/3" in frames[-1] and frames[-1].endswith("\n")
+
+
+# ------------------------------------------------------------- divergence messages
+
+
+def _message(script) -> str:
+    with pytest.raises(TrainingDivergedError) as info:
+        run(Scripted(script))
+    return str(info.value)
+
+
+def test_the_advice_fits_the_cause():
+    # Nothing updated yet: the step size cannot be the cause, the data can.
+    first = _message([math.nan])
+    assert "check the scale of the data" in first and "learning_rate_init" not in first
+    # After updates, a non-finite loss is the step size's (or the penalty's) doing.
+    later = _message([1.0, math.nan])
+    assert "smaller learning_rate_init" in later and "scale of the data" not in later
+    budget = SolverError("budget", reason="max_num_steps", t=0.5)
+    first = _message([budget])
+    assert "Raise max_num_steps, or loosen rtol/atol" in first
+    assert "learning_rate_init" not in first
+    later = _message([1.0, budget])
+    assert "Raise max_num_steps" in later and "learning_rate_init" in later
+
+
+def test_a_failed_solve_reads_the_same_whatever_the_engine_wrote():
+    # The cause is worded from the error's reason and time, not from its engine's text.
+    messages = {_message([SolverError(text, reason="step_size_underflow", t=0.25)])
+                for text in ("the training solve failed: step size underflow at t=0.25",
+                             "step size underflow (h=1e-17) at t=0.25 (solving from 0 "
+                             "to 1)")}
+    assert messages == {
+        "training diverged at epoch 1: the ODE solve of a training step failed: the step "
+        "size fell below what the time can resolve at t=0.25. Nothing was updated yet: "
+        "check the scale of the data (values or times of very large magnitude)."}
+
+
+def test_progress_says_compiling_once_per_fit_not_per_partial_fit(capsys):
+    history = TrainingHistory()
+    for _ in range(2):  # two calls of partial_fit: one epoch each
+        run(Scripted([1.0] * 8), max_iter=1, history=history, verbose=1, desc="Model")
+    assert capsys.readouterr().err.splitlines() == [
+        "Model: compiling the first step",
+        "Iteration 1, loss = 1.00000000, nfe = 10.5",
+        "Iteration 2, loss = 1.00000000, nfe = 10.5",
+    ]

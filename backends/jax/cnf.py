@@ -2,8 +2,8 @@
 
 The same computation as the reference engine's program (``odeplug.reference.cnf``): same
 parameters, same augmented state ``[z, int tr, (kinetic, jacobian)]``, same forward-mode
-traces, same loss and update. One compiled training step per architecture (the spec:
-sizes, trace estimator, regularised or not) and static solver; the regulariser weights,
+traces, same loss and update. One compiled training step per training spec (sizes,
+trace estimator, regularised or not) and static solver; the regulariser weights,
 ``t1``, the learning rate and the tolerances are traced. Inference compiles one
 log-density and one flow per architecture and static solver: the flow's direction
 (``transform`` forwards, ``inverse_transform`` backwards) is a traced time grid.
@@ -24,7 +24,7 @@ import numpy as np
 
 from odeplug._constant import Constant
 from odeplug._protocols import INFERENCE_DTYPE, empty_row_stats
-from odeplug._specs import CNFHyper, CNFSpec
+from odeplug._specs import CNFHyper, CNFSpec, CNFTrainingSpec, cnf_training
 
 from .nn import mlp_field, mlp_field_jvp
 from .programs import (
@@ -73,13 +73,14 @@ def log_normal(z: jax.Array) -> jax.Array:
 
 
 class _CNF:
-    """The CNF's functions of (JAX) parameters, for one spec."""
+    """The CNF's functions of (JAX) parameters, for one architecture (``regularize``:
+    the training dynamics integrate RNODE's channels)."""
 
-    def __init__(self, spec: CNFSpec):
+    def __init__(self, spec: CNFSpec, regularize: bool = False):
         self.spec = spec
         n, act, d = spec.n_field_layers, spec.field_activation, spec.n_features
         field_jvp = mlp_field_jvp("field", n, act)
-        self.dynamics = augmented_field(field_jvp, d, spec.regularize)
+        self.dynamics = augmented_field(field_jvp, d, regularize)
         self.inference_dynamics = augmented_field(field_jvp, d, False)
         # The vector field f(t, z, params) itself (flow matching regresses it).
         self.field = mlp_field("field", n, act)
@@ -90,17 +91,19 @@ class _CNF:
 
 
 @functools.lru_cache(maxsize=32)
-def _train_step(spec: CNFSpec, static: SolveStatic) -> Callable:
+def _train_step(training: CNFTrainingSpec, static: SolveStatic) -> Callable:
     """The compiled training step: ``(params, opt_state, X, noise, values,
     solve_values) -> (params, opt_state, metrics, status)``; ``noise`` is None with the
     exact trace. Every float of ``values`` (``t1``, ``alpha``, the learning rate, RNODE's
     weights) and the tolerances are traced."""
-    model = _CNF(spec)
+    spec = training.cnf
+    model = _CNF(spec, training.regularize)
     penalized = spec.penalized_names()
     d = spec.n_features
 
     def loss_fn(params, probe_in, X, noise, values, tolerances):
-        y0 = jnp.concatenate([X, jnp.zeros((X.shape[0], spec.n_channels), X.dtype)], axis=1)
+        y0 = jnp.concatenate([X, jnp.zeros((X.shape[0], training.n_channels), X.dtype)],
+                             axis=1)
         args = {"field": params}
         if noise is not None:
             args["noise"] = Constant(noise)
@@ -111,7 +114,7 @@ def _train_step(spec: CNFSpec, static: SolveStatic) -> Callable:
         penalty = sum(jnp.sum(params[k] ** 2) for k in penalized)
         loss = nll + 0.5 * values["alpha"] * penalty / X.shape[0]
         parts = {"nll": nll}
-        if spec.regularize:
+        if training.regularize:
             parts["kinetic_energy"] = jnp.mean(y1[:, d + 1])
             parts["jacobian_norm"] = jnp.mean(y1[:, d + 2])
             loss = (loss + values["kinetic_energy"] * parts["kinetic_energy"]
@@ -167,7 +170,15 @@ class CNFProgram(ParamsProgram):
     ``odeplug._specs.CNFSpec``. Batch: ``(X,)``, or ``(X, noise)`` with Hutchinson.
 
     The training state is ``{"params": dict of JAX arrays, "opt": optax's Adam state}``.
+    Built from a ``CNFTrainingSpec`` (or a bare ``CNFSpec``); ``spec`` is the model's
+    ``CNFSpec``, ``training`` the training spec. The training step is compiled per
+    training spec, inference per ``CNFSpec``: the training choices do not multiply the
+    inference compilations.
     """
+
+    def __init__(self, spec: CNFSpec | CNFTrainingSpec):
+        self.training = cnf_training(spec)
+        super().__init__(self.training.cnf)
 
     def velocity(self, params: dict, t, z):
         """``f(t, z)``: the vector field on states ``z`` ``(m, d)`` at a time ``t``
@@ -179,11 +190,11 @@ class CNFProgram(ParamsProgram):
     def step(self, state: dict[str, Any], batch, hyper: CNFHyper):
         X = np.asarray(batch[0], dtype=self.np_dtype)
         noise = None
-        if self.spec.trace == "hutchinson":
+        if self.training.trace == "hutchinson":
             if len(batch) != 2:
                 raise ValueError("a Hutchinson CNF step takes a batch (X, noise)")
             noise = np.asarray(batch[1], dtype=self.np_dtype)
-        compiled = _train_step(self.spec, solve_key(hyper.solve))
+        compiled = _train_step(self.training, solve_key(hyper.solve))
         (params, opt), metrics = run_step(
             compiled, self.np_dtype, hyper.solve, state["params"], state["opt"], X, noise,
             traced_values(hyper, self.np_dtype), solve_values(hyper.solve, self.np_dtype))

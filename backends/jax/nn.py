@@ -13,8 +13,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ACTIVATIONS", "SLOPES", "dense", "gru_cell", "log_softmax", "mlp", "mlp_field",
-           "mlp_field_jvp"]
+__all__ = ["ACTIVATIONS", "LAYER_OPS", "SLOPES", "LayerOps", "dense", "gru_cell", "log_softmax",
+           "mlp", "mlp_field", "mlp_field_jvp"]
 
 
 def _identity(x: jax.Array) -> jax.Array:
@@ -132,3 +132,63 @@ def gru_cell(params: dict, prefix: str, x: jax.Array, h: jax.Array) -> jax.Array
     z = jax.nn.sigmoid(i_z + h_z)
     n = jnp.tanh(i_n + r * h_n)
     return (1.0 - z) * n + z * h
+
+
+class LayerOps:
+    """The array operations of :mod:`odeplug.layers` on JAX arrays (convolutions by
+    ``lax.conv_general_dilated``); products at full precision, as :func:`dense`."""
+
+    _layouts = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW")}
+
+    @staticmethod
+    def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+        return jnp.matmul(x, w, precision=jax.lax.Precision.HIGHEST)
+
+    def affine(self, x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+        return self.matmul(x, w) + b
+
+    def conv(self, x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+        spatial = w.ndim - 2
+        return jax.lax.conv_general_dilated(
+            x, w, window_strides=(stride,) * spatial, padding=[(padding, padding)] * spatial,
+            dimension_numbers=self._layouts[spatial], precision=jax.lax.Precision.HIGHEST)
+
+    @staticmethod
+    def concat(xs, axis: int) -> jax.Array:
+        return jnp.concatenate(xs, axis=axis)
+
+    @staticmethod
+    def mean(x: jax.Array, axes) -> jax.Array:
+        return jnp.mean(x, axis=axes, keepdims=True) if axes else x
+
+    @staticmethod
+    def reshape(x: jax.Array, shape) -> jax.Array:
+        return jnp.reshape(x, shape)
+
+    @staticmethod
+    def zeros(shape, like: jax.Array) -> jax.Array:
+        return jnp.zeros(shape, like.dtype)
+
+    @staticmethod
+    def time_column(t, n: int, like: jax.Array) -> jax.Array:
+        t = jnp.asarray(t, like.dtype)
+        return jnp.broadcast_to(jnp.reshape(t, (-1, 1)) if t.ndim else t, (n, 1))
+
+    @staticmethod
+    def sqrt(x: jax.Array) -> jax.Array:
+        return jnp.sqrt(x)
+
+    @staticmethod
+    def sigmoid(x: jax.Array) -> jax.Array:
+        return jax.nn.sigmoid(x)
+
+    @staticmethod
+    def activation(name: str):
+        return ACTIVATIONS[name]
+
+    @staticmethod
+    def slope(name: str):
+        return SLOPES[name]
+
+
+LAYER_OPS = LayerOps()

@@ -18,8 +18,9 @@ import numpy as np
 
 from odeplug._protocols import INFERENCE_DTYPE, empty_row_stats
 from odeplug._specs import Hyper, ODENetSpec
+from odeplug.layers import as_field
 
-from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
+from .nn import LAYER_OPS, log_softmax
 from .programs import (
     TRACE_COUNTS,
     ParamsProgram,
@@ -44,15 +45,21 @@ class _ODENet:
 
     def __init__(self, spec: ODENetSpec):
         self.spec = spec
-        self.activation = ACTIVATIONS[spec.activation]
-        self.field = mlp_field("field", spec.n_field_layers, spec.field_activation)
+        self.embed, field, self.head = spec.layers()
+        self.field = as_field(field, "field", spec.state_shape, LAYER_OPS)
 
     def initial_state(self, params: dict, X: jax.Array) -> jax.Array:
-        z0 = self.activation(dense(params, "embed", X))
-        if self.spec.augment_dim:
-            zeros = jnp.zeros((X.shape[0], self.spec.augment_dim), z0.dtype)
+        spec, n = self.spec, X.shape[0]
+        z0 = self.embed.apply(LAYER_OPS, params, "embed", 0.0,
+                              jnp.reshape(X, (n, *spec.row_shape)))
+        if spec.augment_dim:
+            zeros = jnp.zeros((n, spec.augment_dim, *z0.shape[2:]), z0.dtype)
             z0 = jnp.concatenate([z0, zeros], axis=1)
-        return z0
+        return jnp.reshape(z0, (n, spec.state_dim))
+
+    def head_logits(self, params: dict, z: jax.Array, t1: jax.Array) -> jax.Array:
+        z = jnp.reshape(z, (z.shape[0], *self.spec.state_shape))
+        return self.head.apply(LAYER_OPS, params, "head", t1, z)
 
     @staticmethod
     def times(t1: jax.Array, dtype) -> jax.Array:
@@ -68,7 +75,7 @@ class _ODENet:
         z0 = self.initial_state(params, X)
         zs, info = odeint_traced(self.field, z0, self.times(t1, z0.dtype),
                                  self.field_params(params), static, values, probe=probe)
-        return dense(params, "head", zs[-1]), info
+        return self.head_logits(params, zs[-1], t1), info
 
 
 @functools.lru_cache(maxsize=32)
@@ -111,7 +118,7 @@ def _predict_rows(spec: ODENetSpec, static: SolveStatic) -> Callable:
         z0 = model.initial_state(params, X)
         zs, info = odeint_rows(model.field, z0, model.times(values["t1"], z0.dtype),
                                model.field_params(params), static, tolerances)
-        return log_softmax(dense(params, "head", zs[-1])), zs, info
+        return log_softmax(model.head_logits(params, zs[-1], values["t1"])), zs, info
 
     return jax.jit(rows)
 

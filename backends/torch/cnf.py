@@ -16,7 +16,7 @@ import torch
 
 from odeplug._constant import Constant
 from odeplug._protocols import INFERENCE_DTYPE, empty_row_stats
-from odeplug._specs import CNFHyper, CNFSpec
+from odeplug._specs import CNFHyper, CNFSpec, CNFTrainingSpec, cnf_training
 
 from .nn import mlp_field, mlp_field_jvp
 from .programs import adam, l2_penalty, set_adam_hyper, tensor, view
@@ -57,16 +57,19 @@ class CNFProgram:
     ``odeplug._specs.CNFSpec``. Batch: ``(X,)``, or ``(X, noise)`` with Hutchinson.
 
     The training state is ``{"params": dict of leaf tensors, "opt": torch.optim.Adam}``,
-    updated in place by ``step``.
+    updated in place by ``step``. Built from a ``CNFTrainingSpec`` (or a bare
+    ``CNFSpec``); ``spec`` is the model's ``CNFSpec``, ``training`` the training spec.
     """
 
-    def __init__(self, spec: CNFSpec):
-        self.spec = spec
+    def __init__(self, spec: CNFSpec | CNFTrainingSpec):
+        self.training = cnf_training(spec)
+        self.spec = spec = self.training.cnf
         self.np_dtype = np.dtype(spec.dtype)
         self.names = tuple(spec.param_shapes())
         self.penalized = spec.penalized_names()
         n, act, d = spec.n_field_layers, spec.field_activation, spec.n_features
-        self.dynamics = augmented_field(mlp_field_jvp("field", n, act), d, spec.regularize)
+        self.dynamics = augmented_field(mlp_field_jvp("field", n, act), d,
+                                        self.training.regularize)
         self.inference_dynamics = augmented_field(mlp_field_jvp("field", n, act), d, False)
         # The vector field f(t, z, params) itself (flow matching regresses it).
         self.field = mlp_field("field", n, act)
@@ -91,7 +94,7 @@ class CNFProgram:
     def _batch(self, batch):
         X = view(batch[0], self.np_dtype)
         noise = None
-        if self.spec.trace == "hutchinson":
+        if self.training.trace == "hutchinson":
             if len(batch) != 2:
                 raise ValueError("a Hutchinson CNF step takes a batch (X, noise)")
             noise = view(batch[1], self.np_dtype)
@@ -99,8 +102,8 @@ class CNFProgram:
 
     def loss(self, params: dict, X: torch.Tensor, noise, hyper: CNFHyper, check: bool = True):
         """The training loss, its parts (floats) and the ODEStats."""
-        spec, d = self.spec, self.spec.n_features
-        y0 = torch.cat([X, X.new_zeros((X.shape[0], spec.n_channels))], dim=1)
+        training, d = self.training, self.spec.n_features
+        y0 = torch.cat([X, X.new_zeros((X.shape[0], training.n_channels))], dim=1)
         args = {"field": params}
         if noise is not None:
             args["noise"] = Constant(noise)
@@ -110,7 +113,7 @@ class CNFProgram:
         nll = -torch.mean(log_normal(y1[:, :d]) + y1[:, d])
         loss = nll + l2_penalty(params, self.penalized, hyper.alpha, X.shape[0])
         parts = {"nll": nll}
-        if spec.regularize:
+        if training.regularize:
             parts["kinetic_energy"] = torch.mean(y1[:, d + 1])
             parts["jacobian_norm"] = torch.mean(y1[:, d + 2])
             loss = (loss + hyper.kinetic_energy * parts["kinetic_energy"]

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-__all__ = ["ACTIVATIONS", "SLOPES", "dense", "gru_cell", "log_softmax", "mlp", "mlp_field",
-           "mlp_field_jvp"]
+__all__ = ["ACTIVATIONS", "LAYER_OPS", "SLOPES", "LayerOps", "dense", "gru_cell", "log_softmax",
+           "mlp", "mlp_field", "mlp_field_jvp"]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -130,3 +130,64 @@ def gru_cell(params: dict, prefix: str, x: torch.Tensor, h: torch.Tensor) -> tor
     z = torch.sigmoid(i_z + h_z)
     n = torch.tanh(i_n + r * h_n)
     return (1.0 - z) * n + z * h
+
+
+class LayerOps:
+    """The array operations of :mod:`odeplug.layers` on torch tensors (convolutions by
+    ``torch.nn.functional``)."""
+
+    _convs = {1: F.conv1d, 2: F.conv2d}
+
+    @staticmethod
+    def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x @ w
+
+    @staticmethod
+    def affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(b, x, w) if x.dim() == 2 else x @ w + b  # one kernel
+
+    def conv(self, x: torch.Tensor, w: torch.Tensor, stride: int, padding: int
+             ) -> torch.Tensor:
+        return self._convs[w.dim() - 2](x, w, stride=stride, padding=padding)
+
+    @staticmethod
+    def concat(xs, axis: int) -> torch.Tensor:
+        return torch.cat(xs, dim=axis)
+
+    @staticmethod
+    def mean(x: torch.Tensor, axes) -> torch.Tensor:
+        return x.mean(dim=axes, keepdim=True) if axes else x
+
+    @staticmethod
+    def reshape(x: torch.Tensor, shape) -> torch.Tensor:
+        return x.reshape(shape)
+
+    @staticmethod
+    def zeros(shape, like: torch.Tensor) -> torch.Tensor:
+        return like.new_zeros(shape)
+
+    @staticmethod
+    def time_column(t, n: int, like: torch.Tensor) -> torch.Tensor:
+        # ``expand`` keeps ``t`` on the device: no host synchronisation per evaluation.
+        t = (t.to(like.dtype) if isinstance(t, torch.Tensor)
+             else torch.as_tensor(t, dtype=like.dtype, device=like.device))
+        return t.reshape(-1, 1).expand(n, 1) if t.dim() else t.expand(n, 1)
+
+    @staticmethod
+    def sqrt(x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(x)
+
+    @staticmethod
+    def sigmoid(x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x)
+
+    @staticmethod
+    def activation(name: str):
+        return ACTIVATIONS[name]
+
+    @staticmethod
+    def slope(name: str):
+        return SLOPES[name]
+
+
+LAYER_OPS = LayerOps()

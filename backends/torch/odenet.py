@@ -16,8 +16,9 @@ from torch.nn import functional as F
 
 from odeplug._protocols import INFERENCE_DTYPE, empty_row_stats
 from odeplug._specs import Hyper, ODENetSpec
+from odeplug.layers import as_field
 
-from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
+from .nn import LAYER_OPS, log_softmax
 from .programs import adam, l2_penalty, set_adam_hyper, tensor, view
 from .solve import odeint, odeint_rows
 
@@ -39,8 +40,8 @@ class ODENetProgram:
         self.names = tuple(spec.param_shapes())
         self.field_names = tuple(k for k in self.names if k.startswith("field."))
         self.penalized = spec.penalized_names()
-        self.activation = ACTIVATIONS[spec.activation]
-        self.field = mlp_field("field", spec.n_field_layers, spec.field_activation)
+        self.embed, field, self.head = spec.layers()
+        self.field = as_field(field, "field", spec.state_shape, LAYER_OPS)
         # The first training solve checks the inputs and the field; later ones, on the
         # same field with tensors of the same shapes and dtype, skip it (it costs a field
         # evaluation per step).
@@ -55,11 +56,18 @@ class ODENetProgram:
     # ------------------------------------------------------------------ the model
 
     def _initial_state(self, params: dict, X: torch.Tensor) -> torch.Tensor:
-        z0 = self.activation(dense(params, "embed", X))
-        if self.spec.augment_dim:
-            zeros = z0.new_zeros((X.shape[0], self.spec.augment_dim))
+        spec, n = self.spec, X.shape[0]
+        zero = torch.zeros((), dtype=torch.float64)
+        z0 = self.embed.apply(LAYER_OPS, params, "embed", zero, X.reshape(n, *spec.row_shape))
+        if spec.augment_dim:
+            zeros = z0.new_zeros((n, spec.augment_dim, *z0.shape[2:]))
             z0 = torch.cat([z0, zeros], dim=1)
-        return z0
+        return z0.reshape(n, spec.state_dim)
+
+    def _logits(self, params: dict, z: torch.Tensor, hyper: Hyper) -> torch.Tensor:
+        t1 = torch.tensor(hyper.t1, dtype=torch.float64)
+        z = z.reshape(z.shape[0], *self.spec.state_shape)
+        return self.head.apply(LAYER_OPS, params, "head", t1, z)
 
     # --------------------------------------------------------------- training
 
@@ -76,7 +84,7 @@ class ODENetProgram:
         """Mean cross-entropy + ``0.5 alpha sum(W**2) / batch_size``, and the ODEStats."""
         zs, stats = odeint(self.field, self._initial_state(params, X), self._times(hyper),
                            field_params, hyper.solve, check=check)
-        logits = dense(params, "head", zs[-1])
+        logits = self._logits(params, zs[-1], hyper)
         data_loss = F.cross_entropy(logits, y)
         penalty = l2_penalty(params, self.penalized, hyper.alpha, y.shape[0])
         return data_loss + penalty, stats
@@ -122,5 +130,5 @@ class ODENetProgram:
             z0 = self._initial_state(tensors, view(X, INFERENCE_DTYPE))
             zs, stats = odeint_rows(self.field, z0, self._times(hyper), field_params,
                                     hyper.solve)
-            out = log_softmax(dense(tensors, "head", zs[-1]))
+            out = log_softmax(self._logits(tensors, zs[-1], hyper))
         return out.cpu().numpy(), stats

@@ -180,7 +180,7 @@ class ODEEstimatorBase(BaseEstimator):
             warnings.warn(outcome.interrupted, UserWarning, stacklevel=3)
         elif not outcome.converged and not kwargs.get("incremental", False):
             warnings.warn(
-                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                f"{type(self).__name__}: Maximum iterations ({self.max_iter}) reached and "
                 "the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         return self
 
@@ -235,9 +235,11 @@ class ODEEstimatorBase(BaseEstimator):
                     f"{error} The estimator keeps its fit from before this call.",
                     epoch=error.epoch, params=error.params) from error
             if error.params is None:
+                # _fit_transaction restores the estimator as it was: say what that is.
+                outcome = ("it keeps its fit from before this call"
+                           if hasattr(self, "params_") else "it stays unfitted")
                 raise TrainingDivergedError(
-                    f"{error} No step was sane: the estimator stays unfitted.",
-                    epoch=error.epoch) from error
+                    f"{error} No step was sane: {outcome}.", epoch=error.epoch) from error
             self._store_fit(engine, spec, history, error.params)
             self._train_state = None
             kept = TrainingDivergedError(
@@ -246,7 +248,9 @@ class ODEEstimatorBase(BaseEstimator):
                 params=error.params)
             kept.keeps_fit = True
             raise kept from error
-        self._train_state = (key, outcome.state)
+        # A state that has moved on from the parameters kept (early stopping's best
+        # epoch, Ctrl-C) is dropped: the next warm start continues from params_.
+        self._train_state = (key, outcome.state) if outcome.resumable else None
         self._store_fit(engine, spec, history, outcome.params)
         return outcome
 

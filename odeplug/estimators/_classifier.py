@@ -11,8 +11,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._architectures import conv_odenet, image_odenet_ends
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
 from .._specs import ACTIVATIONS, ODENetSpec
+from .._user_field import UserField
+from ..layers import Layer
 from ._base import COMMON_CONSTRAINTS, FIELD_CONSTRAINTS, ODEEstimatorBase
 from ._sklearn_compat import Interval, StrOptions
 
@@ -24,7 +27,12 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
 
     Each input is embedded, ``z0 = act(x @ W + b)`` (padded with ``augment_dim`` zeros,
     Dupont et al. 2019), carried from time 0 to ``t1`` by ``dz/dt = f(t, z)`` with ``f``
-    an MLP of ``[z, t]``, and classified by a linear softmax head on ``z(t1)``. Trained
+    an MLP of ``[z, t]``, and classified by a linear softmax head on ``z(t1)``. With
+    ``field="conv"`` and image or signal rows (``input_shape``), the paper's
+    convolutional ODE-Net instead (a convolutional stem, a convolutional field, global
+    pooling and a linear head); ``field`` also takes any architecture of
+    :mod:`odeplug.layers`, or the user's own torch or equinox module
+    (:class:`odeplug.UserField`). Trained
     with Adam on the cross-entropy plus an L2 penalty, on the engine chosen by
     ``backend``; gradients by the adjoint method by default.
 
@@ -101,6 +109,34 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         Progress bar with loss and NFE per epoch.
     warm_start : bool, default=False
         Continue from the fitted parameters on the next ``fit``.
+    field : {"mlp", "conv"}, odeplug.layers.Layer or odeplug.UserField, default="mlp"
+        The vector field. "mlp": an MLP of ``[z, t]`` on the flat state, hidden layers
+        ``hidden_layer_sizes[1:]``. "conv": the convolutional ODE-Net of Chen et al.
+        (2018) on rows of ``input_shape`` (required): a stem of ``hidden_layer_sizes[0]``
+        channels (a 3-wide convolution, then stride-2 ones while the input is larger
+        than 12 along an axis), a field ``GroupNorm, field_activation, ConcatTime(Conv)``
+        per width of ``hidden_layer_sizes[1:]`` and one back to the state's channels,
+        then a GroupNorm; a head ``GroupNorm, activation, GlobalAvgPool, Dense``. A
+        layer (``odeplug.layers.Sequential(...)``): the field itself, mapping states to
+        states of the same shape, with the MLP's embedding and head on flat rows and
+        the convolutional ones where ``input_shape`` has channels and positions. Strings
+        and layers are valid grid values: ``{"field": ["mlp", "conv"]}``.
+        ``odeplug.UserField(cls, **kwargs)``: the user's module maps the state to its
+        derivative, a ``torch.nn.Module`` with torchdiffeq's ``forward(t, y)`` (the torch
+        engine only) or an ``equinox.Module`` with diffrax's ``__call__(t, y, args)`` on
+        one row (the jax engine only; any other engine is refused before anything
+        changes, naming the module's framework and its engine). It sees the state of
+        width ``hidden_layer_sizes[0] + augment_dim`` (the stem's channels and positions
+        with an image ``input_shape``) and must return that shape. A class and its
+        keyword arguments, not an instance: ``clone`` deep-copies parameters and grids
+        compare them, so an instance's weights would leak between fits; every fit
+        builds a fresh module, initialised by its own code under a seed from
+        ``random_state`` (a local generator). Its parameters join ``params_`` under
+        ``field.<its own names>``; ``odeplug.load(path, field=...)`` takes it back.
+    input_shape : tuple of int, default=None
+        The shape of one row of ``X`` as the field sees it, channels first: ``(C, L)``
+        for signals, ``(C, H, W)`` for images (rows in C order, as
+        ``images.reshape(n, -1)`` gives them; ``X`` stays 2-D). None: flat rows.
 
     Attributes
     ----------
@@ -183,6 +219,8 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         random_state=None,
         verbose=0,
         warm_start=False,
+        field="mlp",
+        input_shape=None,
     ):
         self.backend = backend
         self.device = device
@@ -209,22 +247,54 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.field = field
+        self.input_shape = input_shape
 
     _parameter_constraints: dict = {
         **COMMON_CONSTRAINTS,
         **FIELD_CONSTRAINTS,
         "activation": [StrOptions(set(ACTIVATIONS))],
         "augment_dim": [Interval(Integral, 0, None, closed="left")],
+        "field": [StrOptions({"mlp", "conv"}), Layer, UserField],
+        "input_shape": [None, tuple, list],
     }
 
     # ------------------------------------------------------------------ spec
 
+    def _input_shape(self, n_features: int) -> tuple[int, ...] | None:
+        if self.input_shape is None:
+            return None
+        shape = self._positive_sizes("input_shape", self.input_shape)
+        if int(np.prod(shape)) != n_features:
+            raise ValueError(f"input_shape {shape} has {int(np.prod(shape))} entries, but "
+                             f"X has {n_features} features")
+        return shape
+
     def _spec_of(self, n_features: int, n_classes: int, dtype: str) -> ODENetSpec:
         sizes = self._positive_sizes("hidden_layer_sizes", self.hidden_layer_sizes)
-        return ODENetSpec(
+        shape = self._input_shape(n_features)
+        spec = dict(
             n_features=n_features, n_outputs=n_classes, embed_dim=sizes[0],
             field_hidden=sizes[1:], augment_dim=int(self.augment_dim),
             activation=self.activation, field_activation=self.field_activation, dtype=dtype)
+        images = shape is not None and len(shape) > 1
+        if isinstance(self.field, str) and self.field == "mlp":
+            return ODENetSpec(**spec)  # flat rows whatever input_shape says
+        if isinstance(self.field, str):  # "conv"
+            if not images:
+                raise ValueError('field="conv" needs input_shape=(C, L) or (C, H, W), got '
+                                 f"{self.input_shape!r}")
+            embed, field, head = conv_odenet(shape, sizes[0], sizes[1:], spec["augment_dim"],
+                                             n_classes, self.activation,
+                                             self.field_activation)
+            return ODENetSpec(**spec, input_shape=shape, embed_layer=embed,
+                              field_layer=field, head_layer=head)
+        if not images:
+            return ODENetSpec(**spec, field_layer=self.field)
+        embed, head = image_odenet_ends(shape, sizes[0], spec["augment_dim"], n_classes,
+                                        self.activation)
+        return ODENetSpec(**spec, input_shape=shape, embed_layer=embed,
+                          field_layer=self.field, head_layer=head)
 
     # ------------------------------------------------------------------- fit
 
@@ -307,6 +377,8 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         y_index = np.searchsorted(labels, y).astype(np.int64)
 
         engine = self._engine()
+        if isinstance(self.field, UserField):
+            self.field.check_engine(engine.name)  # before anything is built
         self._solve_config()  # solver settings, checked before anything is built
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
@@ -338,6 +410,8 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     def _log_proba_and_stats(self, X):
         check_is_fitted(self, "params_")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        if isinstance(self._spec.field_layer, UserField):
+            self._spec.field_layer.check_engine(self._engine().name)
         return self._infer("predict", X.astype(self._spec.dtype, copy=False))
 
     def predict_log_proba(self, X):

@@ -20,7 +20,7 @@ from autograd.tracer import getval
 from .._constant import Constant
 from .._protocols import INFERENCE_DTYPE, empty_row_stats
 from .._solver_options import ODEStats
-from .._specs import CNFHyper, CNFSpec
+from .._specs import CNFHyper, CNFSpec, CNFTrainingSpec, cnf_training
 from .nn import mlp_field, mlp_field_jvp
 from .programs import Adam, l2_penalty
 from .solve import odeint, odeint_rows
@@ -60,12 +60,17 @@ def log_normal(z, xp=anp):
 
 class CNFProgram:
     """CNF density: negative log-likelihood (+ RNODE's terms, + L2), Adam; see
-    ``odeplug._specs.CNFSpec``. Batch: ``(X,)``, or ``(X, noise)`` with Hutchinson."""
+    ``odeplug._specs.CNFSpec``. Batch: ``(X,)``, or ``(X, noise)`` with Hutchinson.
 
-    def __init__(self, spec: CNFSpec):
-        self.spec = spec
+    Built from a ``CNFTrainingSpec`` (or a bare ``CNFSpec``: exact trace, no
+    regulariser); ``spec`` is the model's ``CNFSpec``, ``training`` the training spec."""
+
+    def __init__(self, spec: CNFSpec | CNFTrainingSpec):
+        self.training = cnf_training(spec)
+        self.spec = spec = self.training.cnf
         n, act, d = spec.n_field_layers, spec.field_activation, spec.n_features
-        self.dynamics = augmented_field(mlp_field_jvp("field", n, act), d, spec.regularize)
+        self.dynamics = augmented_field(mlp_field_jvp("field", n, act), d,
+                                        self.training.regularize)
         self.inference_dynamics = augmented_field(mlp_field_jvp("field", n, act, xp=np), d,
                                                   False, xp=np)
         # The vector field f(t, z, params) itself (flow matching regresses it).
@@ -88,15 +93,16 @@ class CNFProgram:
     def _batch(self, batch):
         X = np.asarray(batch[0], dtype=self.dtype)
         noise = None
-        if self.spec.trace == "hutchinson":
+        if self.training.trace == "hutchinson":
             if len(batch) != 2:
                 raise ValueError("a Hutchinson CNF step takes a batch (X, noise)")
             noise = np.asarray(batch[1], dtype=self.dtype)
         return X, noise
 
     def _loss(self, params, X, noise, hyper: CNFHyper, holder: dict):
-        spec, d = self.spec, self.spec.n_features
-        y0 = np.concatenate([X, np.zeros((X.shape[0], spec.n_channels), X.dtype)], axis=1)
+        training, d = self.training, self.spec.n_features
+        y0 = np.concatenate([X, np.zeros((X.shape[0], training.n_channels), X.dtype)],
+                            axis=1)
         args = {"field": params}
         if noise is not None:
             args["noise"] = Constant(noise)
@@ -106,7 +112,7 @@ class CNFProgram:
         nll = -anp.mean(log_normal(y1[:, :d]) + y1[:, d])
         loss = nll + l2_penalty(params, self.penalized, hyper.alpha, X.shape[0])
         holder["nll"] = getval(nll)
-        if spec.regularize:
+        if training.regularize:
             kinetic, jacobian = anp.mean(y1[:, d + 1]), anp.mean(y1[:, d + 2])
             loss = loss + hyper.kinetic_energy * kinetic + hyper.jacobian_norm * jacobian
             holder["kinetic_energy"], holder["jacobian_norm"] = getval(kinetic), getval(jacobian)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import autograd.numpy as anp
+import numpy as np
 from autograd.scipy.special import logsumexp
 
-__all__ = ["ACTIVATIONS", "activation_slopes", "activations", "dense", "gru_cell",
-           "log_softmax", "mlp", "mlp_field", "mlp_field_jvp"]
+__all__ = ["ACTIVATIONS", "INFERENCE_OPS", "LAYER_OPS", "LayerOps", "activation_slopes",
+           "activations", "dense", "gru_cell", "log_softmax", "mlp", "mlp_field",
+           "mlp_field_jvp"]
 
 def activations(xp) -> dict[str, Callable]:
     """Activations written with ``xp``: autograd's NumPy to train, NumPy to predict."""
@@ -114,3 +117,75 @@ def gru_cell(params: dict, prefix: str, x, h, xp=anp):
     z = sigmoid(gi[..., n_hidden : 2 * n_hidden] + gh[..., n_hidden : 2 * n_hidden])
     n = xp.tanh(gi[..., 2 * n_hidden :] + r * gh[..., 2 * n_hidden :])
     return (1.0 - z) * n + z * h
+
+
+class LayerOps:
+    """The array operations of :mod:`odeplug.layers` in ``xp`` (autograd's NumPy to
+    train, NumPy to predict). Convolutions are sums over the kernel's offsets of
+    strided slices of the zero-padded input, each an ``einsum`` over the channels, so
+    autograd differentiates them with nothing of its own."""
+
+    def __init__(self, xp):
+        self.xp = xp
+        self._activations = activations(xp)
+        self._slopes = activation_slopes(xp)
+
+    def matmul(self, x, w):
+        return x @ w
+
+    def affine(self, x, w, b):
+        return x @ w + b
+
+    def conv(self, x, w, stride: int, padding: int):
+        xp = self.xp
+        spatial = w.ndim - 2
+        if padding:
+            for axis in range(2, 2 + spatial):
+                shape = list(x.shape)
+                shape[axis] = padding
+                zeros = xp.zeros(shape, dtype=x.dtype)
+                x = xp.concatenate([zeros, x, zeros], axis=axis)
+        kernel = w.shape[2:]
+        out = [(n - k) // stride + 1 for n, k in zip(x.shape[2:], kernel, strict=True)]
+        letters = "hw"[:spatial]
+        spec = f"oc,nc{letters}->no{letters}"
+        total = None
+        for offset in itertools.product(*(range(k) for k in kernel)):
+            window = (slice(None), slice(None)) + tuple(
+                slice(o, o + stride * (m - 1) + 1, stride)
+                for o, m in zip(offset, out, strict=True))
+            term = xp.einsum(spec, w[(slice(None), slice(None), *offset)], x[window])
+            total = term if total is None else total + term
+        return total
+
+    def concat(self, xs, axis: int):
+        return self.xp.concatenate(xs, axis=axis)
+
+    def mean(self, x, axes):
+        return self.xp.mean(x, axis=axes, keepdims=True) if axes else x
+
+    def reshape(self, x, shape):
+        return self.xp.reshape(x, shape)
+
+    def zeros(self, shape, like):
+        return np.zeros(shape, dtype=like.dtype)
+
+    def time_column(self, t, n: int, like):
+        t = self.xp.reshape(t, (-1, 1)) if np.ndim(t) else t
+        return self.xp.zeros((n, 1), dtype=like.dtype) + t
+
+    def sqrt(self, x):
+        return self.xp.sqrt(x)
+
+    def sigmoid(self, x):
+        return self._activations["logistic"](x)
+
+    def activation(self, name: str):
+        return self._activations[name]
+
+    def slope(self, name: str):
+        return self._slopes[name]
+
+
+LAYER_OPS = LayerOps(anp)  # training (autograd)
+INFERENCE_OPS = LayerOps(np)  # plain NumPy

@@ -11,7 +11,8 @@ from autograd import value_and_grad
 from .._protocols import INFERENCE_DTYPE, empty_row_stats
 from .._solver_options import ODEStats
 from .._specs import Hyper, ODENetSpec
-from .nn import ACTIVATIONS, dense, log_softmax, mlp_field
+from ..layers import as_field
+from .nn import INFERENCE_OPS, LAYER_OPS, log_softmax
 from .programs import Adam, l2_penalty
 from .solve import odeint, odeint_rows
 
@@ -19,23 +20,33 @@ __all__ = ["ODENetProgram"]
 
 
 class ODENetProgram:
-    """ODE-Net classifier: cross-entropy + L2, Adam; see ``odeplug._specs.ODENetSpec``."""
+    """ODE-Net classifier: cross-entropy + L2, Adam; see ``odeplug._specs.ODENetSpec``.
+
+    The embedding, field and head are the spec's layers, realised by this engine's
+    :class:`~odeplug.reference.nn.LayerOps` (autograd's NumPy to train, NumPy to
+    predict); the solver sees flat states.
+    """
 
     def __init__(self, spec: ODENetSpec):
         self.spec = spec
-        self.field = mlp_field("field", spec.n_field_layers, spec.field_activation)
-        self.inference_field = mlp_field("field", spec.n_field_layers, spec.field_activation,
-                                         xp=np)
+        self.embed, field, self.head = spec.layers()
+        self.field = as_field(field, "field", spec.state_shape, LAYER_OPS)
+        self.inference_field = as_field(field, "field", spec.state_shape, INFERENCE_OPS)
         self.dtype = np.dtype(spec.dtype)
         self.penalized = spec.penalized_names()
 
-    def _initial_state(self, params, X):
+    def _initial_state(self, params, X, ops=LAYER_OPS):
         spec = self.spec
-        z0 = ACTIVATIONS[spec.activation](dense(params, "embed", X))
+        n = X.shape[0]
+        z0 = self.embed.apply(ops, params, "embed", 0.0, np.reshape(X, (n, *spec.row_shape)))
         if spec.augment_dim:
-            z0 = anp.concatenate([z0, np.zeros((X.shape[0], spec.augment_dim), X.dtype)],
-                                 axis=1)
-        return z0
+            zeros = np.zeros((n, spec.augment_dim, *z0.shape[2:]), X.dtype)
+            z0 = anp.concatenate([z0, zeros], axis=1)
+        return anp.reshape(z0, (n, spec.state_dim))
+
+    def _logits(self, params, z, t1, ops=LAYER_OPS):
+        z = anp.reshape(z, (z.shape[0], *self.spec.state_shape))
+        return self.head.apply(ops, params, "head", t1, z)
 
     @staticmethod
     def _field_params(params):
@@ -50,7 +61,7 @@ class ODENetProgram:
         zs, holder["stats"] = odeint(self.field, self._initial_state(params, X),
                                      np.array([0.0, hyper.t1]), self._field_params(params),
                                      hyper.solve)
-        logits = dense(params, "head", zs[-1])
+        logits = self._logits(params, zs[-1], hyper.t1)
         data_loss = -anp.mean(log_softmax(logits)[np.arange(len(y)), y])
         return data_loss + l2_penalty(params, self.penalized, hyper.alpha, len(y))
 
@@ -82,7 +93,8 @@ class ODENetProgram:
         if len(X) == 0:
             return np.zeros((0, self.spec.n_outputs), INFERENCE_DTYPE), empty_row_stats()
         params = {k: np.asarray(v, dtype=INFERENCE_DTYPE) for k, v in params.items()}
-        z0 = self._initial_state(params, np.asarray(X, dtype=INFERENCE_DTYPE))
+        z0 = self._initial_state(params, np.asarray(X, dtype=INFERENCE_DTYPE), INFERENCE_OPS)
         zs, stats = odeint_rows(self.inference_field, z0, np.array([0.0, hyper.t1]),
                                 self._field_params(params), hyper.solve)
-        return np.asarray(log_softmax(dense(params, "head", zs[-1]))), stats
+        logits = self._logits(params, zs[-1], hyper.t1, INFERENCE_OPS)
+        return np.asarray(log_softmax(logits)), stats

@@ -89,13 +89,14 @@ def cnf_batch(n=12, seed=1, dtype=np.float32, hutchinson=False):
 
 def cnf_spec_and_hyper(solve, *, trace="exact", regularize=True, field_hidden=(7,),
                        field_activation="tanh", dtype="float32", **values):
-    """``(CNFSpec, CNFHyper)`` of the tests' flow (3 features); ``values`` override the
-    hyper's (by default ``t1`` 0.7, learning rate 1e-2, ``alpha`` 0.5, RNODE's weights
-    0.1 and 0.2)."""
-    from odeplug._specs import CNFHyper, CNFSpec
+    """``(CNFTrainingSpec, CNFHyper)`` of the tests' flow (3 features); ``values``
+    override the hyper's (by default ``t1`` 0.7, learning rate 1e-2, ``alpha`` 0.5,
+    RNODE's weights 0.1 and 0.2)."""
+    from odeplug._specs import CNFHyper, CNFSpec, CNFTrainingSpec
 
-    spec = CNFSpec(n_features=3, field_hidden=field_hidden, field_activation=field_activation,
-                   trace=trace, regularize=regularize, dtype=dtype)
+    spec = CNFTrainingSpec(
+        CNFSpec(n_features=3, field_hidden=field_hidden, field_activation=field_activation,
+                dtype=dtype), trace=trace, regularize=regularize)
     hyper = dict(t1=0.7, learning_rate=1e-2, alpha=0.5, kinetic_energy=0.1, jacobian_norm=0.2)
     hyper.update(values)
     return spec, CNFHyper(solve=solve, **hyper)

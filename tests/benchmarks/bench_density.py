@@ -291,7 +291,7 @@ def dimension(dims, engines, repeats):
     exact trace and of Hutchinson's, from the same parameters; the NFE of each."""
     from odeplug import get_backend
     from odeplug._solver_options import make_solve_config
-    from odeplug._specs import CNFHyper, CNFSpec
+    from odeplug._specs import CNFHyper, CNFSpec, CNFTrainingSpec
 
     rows = []
     hyper = CNFHyper(solve=make_solve_config(rtol=1e-3, atol=1e-5, adjoint=True),
@@ -304,8 +304,9 @@ def dimension(dims, engines, repeats):
             noise = (2 * rng.randint(0, 2, (200, d)) - 1).astype(np.float32)
             row = {"engine": engine, "d": d}
             for trace in ("exact", "hutchinson"):
-                spec = CNFSpec(n_features=d, field_hidden=(64, 64), field_activation="tanh",
-                               trace=trace, dtype=backend.default_dtype)
+                spec = CNFTrainingSpec(
+                    CNFSpec(n_features=d, field_hidden=(64, 64), field_activation="tanh",
+                            dtype=backend.default_dtype), trace=trace)
                 program = backend.make_program(spec)
                 state = program.init(spec.init_params(0))
                 batch = (X,) if trace == "exact" else (X, noise)

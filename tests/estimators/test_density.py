@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 import odeplug
 from odeplug import CNFDensity, TrainingDivergedError
 from odeplug._solver_options import make_solve_config
-from odeplug._specs import CNFHyper, CNFSpec
+from odeplug._specs import CNFHyper, CNFSpec, CNFTrainingSpec
 from tests.estimators.test_classifier import installed_engines
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -155,8 +155,7 @@ def test_hutchinson_estimate_is_unbiased(engine):
     # probes is the exact log-density change (z's path does not depend on e).
     exact_spec = CNFSpec(n_features=3, field_hidden=(12,), field_activation="tanh",
                          dtype="float64")
-    hutch_spec = CNFSpec(n_features=3, field_hidden=(12,), field_activation="tanh",
-                         trace="hutchinson", dtype="float64")
+    hutch_spec = CNFTrainingSpec(exact_spec, trace="hutchinson")
     params = exact_spec.init_params(4)
     params["field.0.weight"] *= 3.0  # a Jacobian far from diagonal
     hyper = CNFHyper(solve=make_solve_config(solver="rk4", step_size=0.1), alpha=0.0)
@@ -188,8 +187,9 @@ def _first_moments(engine_name, state):
 @pytest.mark.parametrize("trace, adjoint", [("exact", False), ("hutchinson", True)])
 def test_loss_gradients_match_finite_differences(engine, trace, adjoint):
     # The loss with every part: the log-density channel, RNODE's two, the L2 penalty.
-    spec = CNFSpec(n_features=2, field_hidden=(5,), field_activation="softplus",
-                   trace=trace, regularize=True, dtype="float64")
+    spec = CNFTrainingSpec(CNFSpec(n_features=2, field_hidden=(5,),
+                                   field_activation="softplus", dtype="float64"),
+                           trace=trace, regularize=True)
     solve = make_solve_config(solver="rk4", step_size=0.05 if adjoint else 0.25,
                               adjoint=adjoint)
     hyper = CNFHyper(solve=solve, t1=0.8, alpha=0.3, kinetic_energy=0.2, jacobian_norm=0.5,
@@ -300,8 +300,12 @@ def test_trace_estimator_auto_switches_with_the_dimension():
     from odeplug.estimators._density import AUTO_EXACT_MAX_FEATURES
 
     model = small()
-    assert model._spec_of(AUTO_EXACT_MAX_FEATURES, "float64").trace == "exact"
-    assert model._spec_of(AUTO_EXACT_MAX_FEATURES + 1, "float64").trace == "hutchinson"
+
+    def trace(n_features):
+        return model._training_spec(model._spec_of(n_features, "float64")).trace
+
+    assert trace(AUTO_EXACT_MAX_FEATURES) == "exact"
+    assert trace(AUTO_EXACT_MAX_FEATURES + 1) == "hutchinson"
 
 
 def test_warm_start_and_partial_fit_continue():

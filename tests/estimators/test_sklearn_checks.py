@@ -6,6 +6,7 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from odeplug import CNFDensity, LatentODERegressor, ODEClassifier
+from odeplug import layers as L
 from tests.estimators.test_classifier import installed_engines
 
 # A small, quickly trained model: the checks fit dozens of times on tiny data sets and
@@ -13,6 +14,14 @@ from tests.estimators.test_classifier import installed_engines
 CHECKED = [
     ODEClassifier(backend=name, hidden_layer_sizes=(8, 8), max_iter=40, learning_rate_init=0.05,
                   alpha=1e-4, rtol=1e-2, atol=1e-3)
+    for name in installed_engines()
+] + [
+    # A field of odeplug.layers (FFJORD's time conditioning): a parameter value that
+    # clones, compares and compiles once per architecture on JAX.
+    ODEClassifier(backend=name, hidden_layer_sizes=(8,), max_iter=40, learning_rate_init=0.05,
+                  alpha=1e-4, rtol=1e-2, atol=1e-3,
+                  field=L.Sequential([L.ConcatSquash(L.Dense(8, activation="tanh")),
+                                      L.ConcatSquash(L.Dense(8))]))
     for name in installed_engines()
 ] + [
     # Density checks ask for no accuracy: a few epochs of a small field, on fixed steps
