@@ -517,8 +517,10 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         ------
         ValueError
             Input of the wrong shape, infinite values, a series with nothing observed,
-            times that do not increase, ``y`` that does not match the targets. The
-            estimator is left as it was.
+            times that are not real numbers or do not increase, times spanning
+            ``MAX_TIME_SPAN`` (float32's range) or more from a series' first
+            observation, ``y`` that does not match the targets. The estimator is left
+            as it was.
         TrainingDivergedError
             As ``ODEClassifier``'s.
         """
