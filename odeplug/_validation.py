@@ -7,7 +7,8 @@ import numpy as np
 from .exceptions import SolverError
 
 __all__ = ["check_time_grid", "check_row_time_grids", "check_initial_state",
-           "check_model_state", "check_field_output", "real_array"]
+           "check_model_state", "check_model_rows", "check_field_output",
+           "real_array"]
 
 
 def real_array(values, name: str) -> np.ndarray:
@@ -135,6 +136,21 @@ def check_model_state(y0, t0: float, t1: float) -> None:
     if not np.all(np.isfinite(y0)):
         raise SolverError(f"non-finite state at t={t0:.6g} (solving from {t0:.6g} to "
                           f"{t1:.6g})", reason="non_finite", t=t0)
+
+
+def check_model_rows(y0, t) -> None:
+    """:func:`check_model_state` for a row-wise solve (inference): ``y0`` of shape
+    ``(n, d)``, ``t`` one grid ``(T,)`` or one per row ``(n, T)`` (NaN-padded). The
+    first non-finite row fails as the row solvers report a row's failure."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(y0).reshape(len(y0), -1)).all(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        times = np.asarray(t, dtype=np.float64)
+        times = times if times.ndim == 1 else times[row]
+        times = times[~np.isnan(times)]
+        raise SolverError(f"row {row}: non-finite state at t={times[0]:.6g} (solving from "
+                          f"{times[0]:.6g} to {times[-1]:.6g})", reason="non_finite",
+                          t=times[0], ts=times[:0], ys=np.asarray(y0)[:0])
 
 
 def check_field_output(dy_shape, dy_dtype, y_shape, y_dtype) -> None:

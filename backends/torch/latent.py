@@ -16,7 +16,7 @@ import torch
 from odeplug._protocols import INFERENCE_DTYPE, ROW_COUNTERS
 from odeplug._series import encoder_gaps, union_grid
 from odeplug._specs import LatentHyper, LatentODESpec
-from odeplug._validation import check_model_state
+from odeplug._validation import check_model_rows, check_model_state
 
 from .nn import dense, gru_cell, mlp
 from .programs import adam, l2_penalty, set_adam_hyper, tensor, view
@@ -207,6 +207,7 @@ class LatentProgram:
     def trajectory(self, params, z0, times, hyper: LatentHyper):
         """Latent states ``(n, T, L)`` at per-series grids ``times`` (from 0, increasing,
         NaN-padded), each series with its own steps."""
+        check_model_rows(z0, times)
         with torch.inference_mode():
             tensors = self._inference_params(params)
             ys, counters = odeint_rows(self.latent_field, view(z0, INFERENCE_DTYPE),

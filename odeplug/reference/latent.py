@@ -36,7 +36,7 @@ from .._protocols import INFERENCE_DTYPE, ROW_COUNTERS, RowStats
 from .._series import encoder_gaps, union_grid
 from .._solver_options import ODESolveConfig, ODEStats
 from .._specs import LatentHyper, LatentODESpec
-from .._validation import check_model_state
+from .._validation import check_model_rows, check_model_state
 from .nn import dense, gru_cell, mlp
 from .programs import Adam, l2_penalty
 from .solve import odeint, odeint_rows
@@ -235,6 +235,7 @@ class LatentProgram:
         increasing, NaN-padded), each series with its own steps."""
         params = self._inference_params(params)
         z0 = np.asarray(z0, INFERENCE_DTYPE)
+        check_model_rows(z0, times)
         ys, counters = odeint_rows(self._latent_field(np), z0, np.asarray(times, np.float64),
                                    self._subset(params, "field."), hyper.solve)
         return np.transpose(ys, (1, 0, 2)), counters

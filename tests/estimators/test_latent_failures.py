@@ -5,6 +5,7 @@ refused naming their argument (``odeplug.odeint``'s ``y0`` too)."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -99,6 +100,19 @@ def test_divergence_inside_a_step_reads_as_divergence(engine, how):
     assert cause is not None and cause.reason == "non_finite" and cause.t == 0.0
     _assert_unchanged(model, before)  # restored as it was, as the loop's contract says
     assert np.all(np.isfinite(model.predict(X)))
+
+
+def test_a_non_finite_draw_at_inference_fails_alike(engine, fitted):
+    def failure(name):
+        model = copy.deepcopy(fitted[name])
+        model.params_["encoder.head.bias"][2:] = 1500.0  # exp(750): the draws overflow
+        with pytest.raises(SolverError) as error:
+            model.predict(X, return_std=True)
+        return error.value
+
+    reference, other = failure("reference"), failure(engine.name)
+    assert other.reason == "non_finite" and other.t == 0.0
+    assert str(other) == str(reference)
 
 
 def test_times_no_engine_can_train_on_are_refused_alike(engine, fitted):
