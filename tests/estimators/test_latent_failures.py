@@ -6,6 +6,7 @@ refused naming their argument (``odeplug.odeint``'s ``y0`` too)."""
 from __future__ import annotations
 
 import copy
+import pickle
 import warnings
 
 import numpy as np
@@ -100,6 +101,21 @@ def test_divergence_inside_a_step_reads_as_divergence(engine, how):
     assert cause is not None and cause.reason == "non_finite" and cause.t == 0.0
     _assert_unchanged(model, before)  # restored as it was, as the loop's contract says
     assert np.all(np.isfinite(model.predict(X)))
+
+
+def test_a_non_finite_encoder_state_in_a_step_is_divergence(engine):
+    model = small(backend=engine.name, max_iter=1, encoder="ode_rnn",
+                  encoder_hidden_sizes=(8, 8)).fit(X, Y)
+    model = pickle.loads(pickle.dumps(model))  # as loaded: training starts from params_
+    model.params_["encoder.gru.bias_ih"][:] = np.nan
+    before = _state(model)
+    with pytest.raises(TrainingDivergedError, match="keeps its fit from before") as error:
+        model.partial_fit(X, Y)
+    cause = _solver_cause(error.value)  # the encoder's ODE, over s in [0, 1]
+    assert cause is not None and cause.reason == "non_finite" and cause.t == 0.0
+    for key, value in before["params"].items():
+        np.testing.assert_array_equal(model.params_[key], value)
+    assert model.n_iter_ == before["n_iter"]
 
 
 def test_a_non_finite_draw_at_inference_fails_alike(engine, fitted):
