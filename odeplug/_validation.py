@@ -1,4 +1,6 @@
-"""Input checks shared by every backend, on NumPy copies of concrete values."""
+"""Input checks shared by every backend (and the estimators' times), on NumPy copies of
+concrete values, and the failure of a solve whose initial state a model made
+non-finite."""
 
 from __future__ import annotations
 
