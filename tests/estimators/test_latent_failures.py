@@ -21,14 +21,20 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 X, Y = X_SMALL[:8], Y_SMALL[:8]
 # Adam's first step moves every parameter by about this: the encoder's log-variance
 # then overflows exp, so the next step's initial latent state is not finite.
-BLOWING_UP = dict(learning_rate_init=1e4, batch_size=4)
+BLOWING_UP = dict(learning_rate_init=1e4)
+
+
+def tiny(**kwargs) -> LatentODERegressor:
+    """Two minibatches of 4 series an epoch, in every fit of this module (JAX compiles
+    one training step for them)."""
+    return small(**{"max_iter": 2, "batch_size": 4, **kwargs})
 
 
 class _Fitted(dict):
     """A small fitted model per engine, made on first use."""
 
     def __missing__(self, name):
-        self[name] = small(backend=name, max_iter=2).fit(X, Y)
+        self[name] = tiny(backend=name).fit(X, Y)
         return self[name]
 
 
@@ -62,7 +68,7 @@ def _assert_unchanged(model: LatentODERegressor, before: dict) -> None:
 
 @pytest.mark.parametrize("refit", [False, True], ids=["unfitted", "refit"])
 def test_a_diverged_fresh_fit_keeps_a_model_that_predicts(engine, refit, tmp_path):
-    model = small(backend=engine.name, max_iter=2)
+    model = tiny(backend=engine.name)
     if refit:  # a fitted model's noise_std_ differs from the initial parameters'
         model.fit(X, Y)
     model.set_params(**BLOWING_UP)
@@ -88,7 +94,7 @@ def test_a_diverged_fresh_fit_keeps_a_model_that_predicts(engine, refit, tmp_pat
 
 @pytest.mark.parametrize("how", ["partial_fit", "warm_start"])
 def test_divergence_inside_a_step_reads_as_divergence(engine, how):
-    model = small(backend=engine.name, max_iter=2).fit(X, Y)
+    model = tiny(backend=engine.name).fit(X, Y)
     before = _state(model)
     model.set_params(**BLOWING_UP)
     with pytest.raises(TrainingDivergedError, match="keeps its fit from before") as error:
@@ -104,13 +110,14 @@ def test_divergence_inside_a_step_reads_as_divergence(engine, how):
 
 
 def test_a_non_finite_encoder_state_in_a_step_is_divergence(engine):
-    model = small(backend=engine.name, max_iter=1, encoder="ode_rnn",
-                  encoder_hidden_sizes=(8, 8)).fit(X, Y)
+    short = X[:, :3]  # three encoder steps: a quick compilation on JAX
+    model = tiny(backend=engine.name, max_iter=1, encoder="ode_rnn",
+                 encoder_hidden_sizes=(8, 8), obs_times=OBS_TIMES[:3]).fit(short, Y)
     model = pickle.loads(pickle.dumps(model))  # as loaded: training starts from params_
     model.params_["encoder.gru.bias_ih"][:] = np.nan
     before = _state(model)
     with pytest.raises(TrainingDivergedError, match="keeps its fit from before") as error:
-        model.partial_fit(X, Y)
+        model.partial_fit(short, Y)
     cause = _solver_cause(error.value)  # the encoder's ODE, over s in [0, 1]
     assert cause is not None and cause.reason == "non_finite" and cause.t == 0.0
     for key, value in before["params"].items():
@@ -134,9 +141,9 @@ def test_a_non_finite_draw_at_inference_fails_alike(engine, fitted):
 def test_times_no_engine_can_train_on_are_refused_alike(engine, fitted):
     huge = dict(obs_times=OBS_TIMES * 1e300, target_times=TARGET_TIMES * 1e300)
     with pytest.raises(ValueError, match="obs_times span 3e.300") as reference:
-        small(backend="reference", **huge).fit(X, Y)
+        tiny(backend="reference", **huge).fit(X, Y)
     with pytest.raises(ValueError) as other:
-        small(backend=engine.name, **huge).fit(X, Y)
+        tiny(backend=engine.name, **huge).fit(X, Y)
     assert str(other.value) == str(reference.value)
 
     model = fitted[engine.name]
