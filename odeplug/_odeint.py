@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from ._config import resolve_backend_name
 from ._solver_options import (
     DEFAULT_ATOL,
@@ -13,6 +15,7 @@ from ._solver_options import (
     BacksolveAdjoint,
     make_solve_config,
 )
+from ._validation import check_initial_state, check_time_grid
 from .backend import backend_for_array, get_backend
 
 __all__ = ["odeint"]
@@ -123,8 +126,21 @@ def odeint(
         max_num_steps=max_num_steps,
         options=options,
     )
+    # Host inputs (NumPy arrays, lists, strings) are checked here, once for every
+    # engine: torch and jax would refuse strings in their own words on conversion.
+    # Engine arrays (which may be traced) are the engines' to check.
+    if _on_host(y0):
+        check_initial_state(np.asarray(y0))
+    if _on_host(t):
+        check_time_grid(np.asarray(t))
     if backend is None:
         backend = backend_for_array(y0) or resolve_backend_name(None)
     ys, stats = get_backend(backend).odeint(func, y0, t, args, config,
                                             count_backward=return_stats)
     return (ys, stats) if return_stats else ys
+
+
+def _on_host(x: Any) -> bool:
+    """NumPy arrays and scalars, and plain Python values (lists, numbers, strings)."""
+    return isinstance(x, (np.ndarray, np.generic, list, tuple, str, bytes, int, float,
+                          complex))

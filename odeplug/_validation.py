@@ -1,11 +1,41 @@
-"""Input checks shared by every backend, on NumPy copies of concrete values."""
+"""Input checks shared by every backend (and the estimators' times), on NumPy copies of
+concrete values, and the failure of a solve whose initial state a model made
+non-finite."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .exceptions import SolverError
+
 __all__ = ["check_time_grid", "check_row_time_grids", "check_initial_state",
-           "check_field_output"]
+           "check_model_state", "check_model_rows", "check_field_output",
+           "real_array"]
+
+
+def real_array(values, name: str) -> np.ndarray:
+    """``values`` (times given to an estimator) as a float64 array.
+
+    Raises ``ValueError`` naming ``name`` unless they are real numbers: strings are
+    refused even when they read as numbers, as scikit-learn refuses them in ``X``.
+    """
+    array = np.asarray(values)
+    if array.dtype.kind in "fiu":
+        return array.astype(np.float64)
+    if array.dtype.kind == "O":  # Python numbers (and None), or anything else
+        try:
+            if not any(isinstance(v, (str, bytes)) for v in array.reshape(-1)):
+                return array.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"{name} must hold real numbers (times), got an array of dtype "
+                     f"{array.dtype}: {_excerpt(array)}")
+
+
+def _excerpt(array: np.ndarray) -> str:
+    flat = array.reshape(-1)
+    shown = ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in flat[:3])
+    return f"[{shown}{', ...' if flat.size > 3 else ''}]"
 
 
 def check_time_grid(t: np.ndarray) -> int:
@@ -94,6 +124,35 @@ def check_initial_state(y0: np.ndarray) -> None:
         raise ValueError("y0 is empty")
     if not np.all(np.isfinite(y0)):
         raise ValueError("y0 contains NaN or inf")
+
+
+def check_model_state(y0, t0: float, t1: float) -> None:
+    """A solve's initial state computed by a model in training (an encoder's output).
+
+    A non-finite one is the model's divergence, not bad input: it raises the
+    ``SolverError`` of a state that turns non-finite (reason ``"non_finite"`` at
+    ``t0``), worded as the solvers word it, as the JAX engine reports it from inside its
+    compiled step; the training loop reads it as a divergence on every engine.
+    ``y0``: a NumPy array of its values.
+    """
+    if not np.all(np.isfinite(y0)):
+        raise SolverError(f"non-finite state at t={t0:.6g} (solving from {t0:.6g} to "
+                          f"{t1:.6g})", reason="non_finite", t=t0)
+
+
+def check_model_rows(y0, t) -> None:
+    """:func:`check_model_state` for a row-wise solve (inference): ``y0`` of shape
+    ``(n, d)``, ``t`` one grid ``(T,)`` or one per row ``(n, T)`` (NaN-padded). The
+    first non-finite row fails as the row solvers report a row's failure."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(y0).reshape(len(y0), -1)).all(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        times = np.asarray(t, dtype=np.float64)
+        times = times if times.ndim == 1 else times[row]
+        times = times[~np.isnan(times)]
+        raise SolverError(f"row {row}: non-finite state at t={times[0]:.6g} (solving from "
+                          f"{times[0]:.6g} to {times[-1]:.6g})", reason="non_finite",
+                          t=times[0], ts=times[:0], ys=np.asarray(y0)[:0])
 
 
 def check_field_output(dy_shape, dy_dtype, y_shape, y_dtype) -> None:

@@ -16,6 +16,7 @@ import torch
 from odeplug._protocols import INFERENCE_DTYPE, ROW_COUNTERS
 from odeplug._series import encoder_gaps, union_grid
 from odeplug._specs import LatentHyper, LatentODESpec
+from odeplug._validation import check_model_rows, check_model_state
 
 from .nn import dense, gru_cell, mlp
 from .programs import adam, l2_penalty, set_adam_hyper, tensor, view
@@ -87,6 +88,7 @@ class LatentProgram:
                 continue
             if training:
                 y = torch.cat([h, gaps_t[:, j : j + 1]], dim=1)
+                check_model_state(y.detach().cpu().numpy(), 0.0, 1.0)
                 ys, solve_stats = odeint(self.encoder_field, y, span, field_params, solve)
                 h = ys[-1][:, :hidden]
                 stats.append(solve_stats)
@@ -137,6 +139,8 @@ class LatentProgram:
         mean, log_var, stats = self._encode(params, data["enc_values"], data["enc_mask"],
                                             data["gaps"], hyper.solve, training=True)
         z0 = mean + torch.exp(0.5 * log_var) * data["eps"]
+        check_model_state(z0.detach().cpu().numpy(), float(data["grid"][0]),
+                          float(data["grid"][-1]))
         zs, latent_stats = odeint(self.latent_field, z0, data["grid"],
                                   self._subset(params, "field."), hyper.solve)
         n = z0.shape[0]
@@ -203,6 +207,7 @@ class LatentProgram:
     def trajectory(self, params, z0, times, hyper: LatentHyper):
         """Latent states ``(n, T, L)`` at per-series grids ``times`` (from 0, increasing,
         NaN-padded), each series with its own steps."""
+        check_model_rows(z0, times)
         with torch.inference_mode():
             tensors = self._inference_params(params)
             ys, counters = odeint_rows(self.latent_field, view(z0, INFERENCE_DTYPE),

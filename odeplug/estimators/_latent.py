@@ -14,12 +14,19 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .._series import row_grids
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
 from .._specs import ACTIVATIONS, ENCODERS, LatentHyper, LatentODESpec
+from .._validation import real_array
 from ._base import COMMON_CONSTRAINTS, ODEEstimatorBase
 from ._sklearn_compat import Interval, StrOptions
 
 __all__ = ["LatentODERegressor"]
 
 _FLOATS = (np.float64, np.float32)
+
+# Times reach the programs as spans from each series' first observation, in the model's
+# training dtype: float32 on the torch and jax engines, where a longer span is inf. Such
+# spans are refused on every engine, so that a fit's outcome does not depend on the
+# engine (no solve could cross them in float64 within a step budget either).
+MAX_TIME_SPAN = float(np.finfo(np.float32).max)
 
 # Posterior draws of z0 behind ``predict(return_std=True)``: the same draws (a fixed
 # seed, shared by every series) at every call, so that the standard deviation of a
@@ -34,6 +41,18 @@ def _ndim(a) -> int:
         return 0
     ndim = getattr(a, "ndim", None)
     return int(ndim) if ndim is not None else np.asarray(a, dtype=object).ndim
+
+
+def _check_spans(spans: np.ndarray, name: str) -> None:
+    """Refuse times (``name``) that span :data:`MAX_TIME_SPAN` or more from a series'
+    first observation."""
+    with np.errstate(invalid="ignore"):
+        longest = np.nanmax(spans, initial=0.0)
+    if not longest < MAX_TIME_SPAN:
+        raise ValueError(
+            f"{name} span {longest:.3g} from a series' first observation; the latent ODE "
+            f"takes spans below {MAX_TIME_SPAN:.3g} (float32's range, in which the torch "
+            "and jax engines train) on every engine: rescale the times")
 
 
 class _Series:
@@ -366,12 +385,14 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         if empty.size:
             raise ValueError(f"series {empty[0]} of X has no observed value (all NaN): "
                              "each series needs at least one")
-        return _Series(values, grid)
+        series = _Series(values, grid)
+        _check_spans(series.last_time - series.t0, "obs_times" if times is None else "times")
+        return series
 
     def _shared_times(self, n_times: int) -> np.ndarray:
         if self.obs_times is None:
             return np.arange(n_times, dtype=np.float64)
-        grid = np.asarray(self.obs_times, dtype=np.float64)
+        grid = real_array(self.obs_times, "obs_times")
         if grid.shape != (n_times,):
             raise ValueError(f"obs_times has shape {grid.shape}, X has {n_times} times: "
                              f"it must be of shape ({n_times},)")
@@ -381,7 +402,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
 
     @staticmethod
     def _per_series_times(times, n, n_times, values) -> np.ndarray:
-        grid = np.asarray(times, dtype=np.float64)
+        grid = real_array(times, "times")
         if grid.shape != (n, n_times):
             raise ValueError(f"times has shape {grid.shape}; for X of {n} series of "
                              f"{n_times} times it must be of shape ({n}, {n_times})")
@@ -405,25 +426,28 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
             raise ValueError(f"times of series {row} do not increase strictly")
         return grid
 
-    def _target_offsets(self, series: _Series, target_times, n_targets: int | None):
-        """Target times from each series' first observation ``(n, K)`` (NaN: none)."""
+    def _target_offsets(self, series: _Series, target_times, n_targets: int | None,
+                        name: str = "target_times"):
+        """Target times from each series' first observation ``(n, K)`` (NaN: none);
+        ``name``: the argument they come from, for the errors."""
         given = target_times if target_times is not None else self.target_times
         if given is None:
             k = 1 if n_targets is None else n_targets
             times = series.last_time[:, None] + series.step[:, None] * np.arange(1, k + 1)
         else:
-            times = np.asarray(given, dtype=np.float64)
+            times = real_array(given, name)
             per_series = target_times is not None and times.ndim == 2
             if times.ndim == 1:
                 if not np.all(np.isfinite(times)):
-                    raise ValueError("target_times must be finite")
+                    raise ValueError(f"{name} must be finite")
                 times = np.broadcast_to(times, (series.n, times.shape[0])).copy()
             elif not per_series or times.shape[0] != series.n:
-                raise ValueError(f"target_times has shape {times.shape}; it must be of shape "
+                raise ValueError(f"{name} has shape {times.shape}; it must be of shape "
                                  f"(n_targets,) or, per series, ({series.n}, n_targets)")
             if np.isinf(times).any():
-                raise ValueError("target_times must be finite or NaN (no target)")
+                raise ValueError(f"{name} must be finite or NaN (no target)")
         offsets = times - series.t0[:, None]
+        _check_spans(offsets, name if given is not None else "the default target times")
         with np.errstate(invalid="ignore"):
             early = offsets < 0
         if early.any():
@@ -432,8 +456,10 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
                              f"(t={series.t0[row]:.6g}): the latent state starts there")
         return offsets
 
-    def _check_y(self, y, series: _Series, offsets: np.ndarray) -> np.ndarray:
-        """``y`` as ``(n, K, C)``; raises unless it matches the targets and channels."""
+    def _check_y(self, y, series: _Series, offsets: np.ndarray, purpose: str = "fit"
+                 ) -> np.ndarray:
+        """``y`` as ``(n, K, C)``; raises unless it matches the targets and channels
+        (``purpose``: what it is for, in the errors)."""
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target "
                              "y is None")
@@ -451,7 +477,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
                                                          else ""))
         y = y.reshape(n, k, c)
         if np.isnan(y).all():
-            raise ValueError("Input y contains NaN only: there is no target to fit")
+            raise ValueError(f"Input y contains NaN only: there is no target to {purpose}")
         stray = np.isnan(offsets)[..., None] & ~np.isnan(y)
         if stray.any():
             raise ValueError("y has values where target_times is NaN (no target there)")
@@ -491,8 +517,10 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         ------
         ValueError
             Input of the wrong shape, infinite values, a series with nothing observed,
-            times that do not increase, ``y`` that does not match the targets. The
-            estimator is left as it was.
+            times that are not real numbers or do not increase, times spanning
+            ``MAX_TIME_SPAN`` (float32's range) or more from a series' first
+            observation, ``y`` that does not match the targets. The estimator is left
+            as it was.
         TrainingDivergedError
             As ``ODEClassifier``'s.
         """
@@ -576,13 +604,20 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         self.n_channels_ = series.n_channels
         self.n_targets_ = offsets.shape[1]
         self._y_ndim = y_ndim
-        outcome = self._run_training(
+        # Before training: a fit that diverges keeps its last sane parameters
+        # (_store_fit), and inference needs the fixed noise with them.
+        self._fixed_noise = 1.0 if self.noise_std == "auto" else float(self.noise_std)
+        return self._run_training(
             engine, spec, params, arrays, rng=rng, history=history,
             continuing=not first_call, max_iter=1 if incremental else int(self.max_iter),
             validation_score=validation_score, draw_noise=draw_noise, hyper=hyper)
-        self._fixed_noise = 1.0 if self.noise_std == "auto" else float(self.noise_std)
+
+    def _store_fit(self, engine, spec, history, params) -> None:
+        """The base's fitted attributes, and ``noise_std_`` from the same parameters:
+        the one path of a completed fit and of a diverged one that keeps its last sane
+        parameters."""
+        super()._store_fit(engine, spec, history, params)
         self.noise_std_ = self._noise_of(self.params_)
-        return outcome
 
     @staticmethod
     def _training_arrays(series: _Series, y: np.ndarray, offsets: np.ndarray, dtype):
@@ -619,7 +654,11 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
     def _predict_offsets(self, X, times, offsets_of, return_std: bool):
         check_is_fitted(self, "params_")
         series = self._check_X(X, times, reset=False)
-        offsets = offsets_of(series)
+        return self._predicted(series, offsets_of(series), return_std)
+
+    def _predicted(self, series: _Series, offsets: np.ndarray, return_std: bool):
+        """Posterior-mean predictions ``(n, K, C)`` at ``offsets``, and their standard
+        deviations (None without ``return_std``)."""
         with self._running() as engine:
             program = engine.make_program(self._spec)
             hyper = self._inference_hyper()
@@ -669,22 +708,26 @@ default=None
         y_std : ndarray, same shape (only with ``return_std``)
         """
         def offsets_of(series):
-            given = target_times is not None or self.target_times is not None
-            return self._target_offsets(series, target_times,
-                                        None if given else self.n_targets_)
+            return self._prediction_offsets(series, target_times)
 
         mean, std = self._predict_offsets(X, times, offsets_of, return_std)
         if return_std:
             return self._shaped_like_y(mean), self._shaped_like_y(std)
         return self._shaped_like_y(mean)
 
+    def _prediction_offsets(self, series: _Series, target_times) -> np.ndarray:
+        """The offsets of :meth:`predict` (and :meth:`score`): ``target_times``, else
+        the parameter, else the fit's number of steps after the last observation."""
+        given = target_times is not None or self.target_times is not None
+        return self._target_offsets(series, target_times, None if given else self.n_targets_)
+
     def _eval_offsets(self, eval_times):
-        grid = np.asarray(eval_times, dtype=np.float64)
+        grid = real_array(eval_times, "eval_times")
         if grid.ndim != 1 or not np.all(np.isfinite(grid)):
             raise ValueError(f"eval_times must be a finite 1-D array; got shape {grid.shape}")
 
         def offsets_of(series):
-            return self._target_offsets(series, grid, None)
+            return self._target_offsets(series, grid, None, name="eval_times")
 
         return offsets_of
 
@@ -770,14 +813,26 @@ default=None
         Returns
         -------
         score : float
+
+        Raises
+        ------
+        ValueError
+            ``y`` that does not match the targets (as :meth:`fit`), or that has fewer
+            than two observed values at every target time and channel (R² is undefined).
         """
-        predicted = np.asarray(self.predict(X, times=times, target_times=target_times))
-        y = np.asarray(y, dtype=np.float64)
-        n = y.shape[0]
-        y, predicted = y.reshape(n, -1), predicted.reshape(n, -1)
+        check_is_fitted(self, "params_")
+        series = self._check_X(X, times, reset=False)
+        offsets = self._prediction_offsets(series, target_times)
+        y = self._check_y(y, series, offsets, purpose="score")
+        n = series.n
+        y = y.reshape(n, -1)
         observed = ~np.isnan(y)
+        columns = np.flatnonzero(observed.sum(axis=0) > 1)
+        if not columns.size:
+            raise ValueError("y has fewer than two observed values at every target time "
+                             "and channel: R² is undefined")
+        predicted = self._predicted(series, offsets, return_std=False)[0].reshape(n, -1)
         if observed.all():
             return float(r2_score(y, predicted))
-        scores = [r2_score(y[observed[:, j], j], predicted[observed[:, j], j])
-                  for j in range(y.shape[1]) if observed[:, j].sum() > 1]
-        return float(np.mean(scores))
+        return float(np.mean([r2_score(y[observed[:, j], j], predicted[observed[:, j], j])
+                              for j in columns]))

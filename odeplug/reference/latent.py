@@ -30,11 +30,13 @@ from typing import Any
 import autograd.numpy as anp
 import numpy as np
 from autograd import value_and_grad
+from autograd.tracer import getval
 
 from .._protocols import INFERENCE_DTYPE, ROW_COUNTERS, RowStats
 from .._series import encoder_gaps, union_grid
 from .._solver_options import ODESolveConfig, ODEStats
 from .._specs import LatentHyper, LatentODESpec
+from .._validation import check_model_rows, check_model_state
 from .nn import dense, gru_cell, mlp
 from .programs import Adam, l2_penalty
 from .solve import odeint, odeint_rows
@@ -108,6 +110,7 @@ class LatentProgram:
                 continue
             if training:
                 y = xp.concatenate([h, gaps[:, j : j + 1]], axis=1)
+                check_model_state(getval(y), 0.0, 1.0)
                 ys, solve_stats = odeint(field, y, np.array([0.0, 1.0]), field_params, solve)
                 h = ys[-1][:, :hidden]
                 stats.append(solve_stats)
@@ -153,6 +156,7 @@ class LatentProgram:
         mean, log_var, stats = self._encode(params, data["enc_values"], data["enc_mask"],
                                             data["gaps"], hyper.solve, anp, training=True)
         z0 = mean + anp.exp(0.5 * log_var) * data["eps"]
+        check_model_state(getval(z0), data["grid"][0], data["grid"][-1])
         zs, latent_stats = odeint(self._latent_field(anp), z0, data["grid"],
                                   self._subset(params, "field."), hyper.solve)
         holder["stats"] = [*stats, latent_stats]
@@ -231,6 +235,7 @@ class LatentProgram:
         increasing, NaN-padded), each series with its own steps."""
         params = self._inference_params(params)
         z0 = np.asarray(z0, INFERENCE_DTYPE)
+        check_model_rows(z0, times)
         ys, counters = odeint_rows(self._latent_field(np), z0, np.asarray(times, np.float64),
                                    self._subset(params, "field."), hyper.solve)
         return np.transpose(ys, (1, 0, 2)), counters
