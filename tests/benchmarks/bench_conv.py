@@ -269,7 +269,12 @@ def report(results: dict) -> str:
                 [[r["loop"], f"{r['median_s']:.1f} s",
                   ", ".join(f"{t:.1f}" for t in r["times"])] for r in fits]),
             "",
-            f"Ratio odeplug / hand: {fits[0]['median_s'] / fits[1]['median_s']:.2f}.",
+            f"Ratio odeplug / hand: {fits[0]['median_s'] / fits[1]['median_s']:.2f}. "
+            "Wall-clock times on the machine of the run line, shared with other work ("
+            "compare the two rows of one run only). On CPUs odeplug's jax engine "
+            "lowers convolutions to strided slices; XLA's own convolution, which the hand "
+            "loop's `eqx.nn.Conv2d` uses, runs about 15x slower inside a solver's loop "
+            "there: most of the difference.",
         ]
     return "\n".join(lines)
 
