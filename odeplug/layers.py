@@ -10,9 +10,10 @@ once per architecture.
 The numerics are written once, here, over an engine's array operations
 (:class:`Ops`): each engine's ``nn.py`` gives its ``Ops`` (reference: autograd's NumPy,
 convolutions by shifted slices; torch: ``torch.nn.functional``; jax:
-``lax.conv_general_dilated``), so the same canonical parameters give the same outputs
-on every engine. Each layer also pushes tangents forward (:meth:`Layer.jvp`), what a
-CNF's trace needs, without a forward-mode autodiff of its own on the reference engine.
+``lax.conv_general_dilated``, on CPUs the reference's slices), so the same canonical
+parameters give the same outputs on every engine. Each layer also pushes tangents
+forward (:meth:`Layer.jvp`), what a CNF's trace needs, without a forward-mode autodiff
+of its own on the reference engine.
 
 Shapes exclude the batch: a layer maps inputs of shape ``(n, *in_shape)`` to ``(n,
 *out_shape)``; channels come first (``(C,)``, ``(C, L)`` or ``(C, H, W)``), as torch's.

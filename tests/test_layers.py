@@ -236,3 +236,24 @@ def test_output_shapes():
 def test_bad_layers_are_refused_clearly(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_both_jax_lowerings_of_a_convolution_agree():
+    """The jax engine lowers a convolution by ``lax.conv_general_dilated`` on GPUs and
+    by strided slices on CPUs (faster there inside a solver's loop): the same function
+    and gradients, so a model's outputs do not depend on the platform."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    from odeplug_backends.jax.nn import _conv_by_slices, _conv_xla
+
+    rng = np.random.default_rng(0)
+    for x_shape, w_shape, stride, padding in [((2, 3, 7, 6), (4, 3, 3, 2), 2, 1),
+                                              ((2, 3, 9), (2, 3, 4), 1, 0)]:
+        x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+        outs = [np.asarray(conv(x, w, stride, padding))
+                for conv in (_conv_by_slices, _conv_xla)]
+        np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+        grads = [jax.grad(lambda x, w, c=conv, s=stride, p=padding: (c(x, w, s, p) ** 2).sum(),
+                          argnums=(0, 1))(x, w) for conv in (_conv_by_slices, _conv_xla)]
+        for a, b in zip(*grads, strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-11)

@@ -8,6 +8,8 @@ reference engine, array for array.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable
 
 import jax
@@ -134,11 +136,43 @@ def gru_cell(params: dict, prefix: str, x: jax.Array, h: jax.Array) -> jax.Array
     return (1.0 - z) * n + z * h
 
 
-class LayerOps:
-    """The array operations of :mod:`odeplug.layers` on JAX arrays (convolutions by
-    ``lax.conv_general_dilated``); products at full precision, as :func:`dense`."""
+_LAYOUTS = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW")}
 
-    _layouts = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW")}
+
+def _conv_xla(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+    spatial = w.ndim - 2
+    return jax.lax.conv_general_dilated(
+        x, w, window_strides=(stride,) * spatial, padding=[(padding, padding)] * spatial,
+        dimension_numbers=_LAYOUTS[spatial], precision=jax.lax.Precision.HIGHEST)
+
+
+def _conv_by_slices(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The reference engine's convolution: a sum over the kernel's offsets of strided
+    slices of the padded input, each a product over the channels."""
+    spatial = w.ndim - 2
+    x = jnp.pad(x, ((0, 0), (0, 0)) + ((padding, padding),) * spatial)
+    kernel = w.shape[2:]
+    out = [(n - k) // stride + 1 for n, k in zip(x.shape[2:], kernel, strict=True)]
+    letters = "hw"[:spatial]
+    total = None
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        window = (slice(None), slice(None)) + tuple(
+            slice(o, o + stride * (m - 1) + 1, stride) for o, m in zip(offset, out, strict=True))
+        term = jnp.einsum(f"oc,nc{letters}->no{letters}", w[(slice(None), slice(None), *offset)],
+                          x[window], precision=jax.lax.Precision.HIGHEST)
+        total = term if total is None else total + term
+    return total
+
+
+class LayerOps:
+    """The array operations of :mod:`odeplug.layers` on JAX arrays; products at full
+    precision, as :func:`dense`.
+
+    Convolutions by ``lax.conv_general_dilated``, except on CPUs: there XLA runs that
+    convolution about 15 times slower inside a loop (a solver's steps) than unrolled,
+    while the reference engine's formulation (strided slices and products) stays fast,
+    so the CPU lowering takes that one (``lax.platform_dependent``: the same function).
+    """
 
     @staticmethod
     def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -147,11 +181,11 @@ class LayerOps:
     def affine(self, x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
         return self.matmul(x, w) + b
 
-    def conv(self, x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
-        spatial = w.ndim - 2
-        return jax.lax.conv_general_dilated(
-            x, w, window_strides=(stride,) * spatial, padding=[(padding, padding)] * spatial,
-            dimension_numbers=self._layouts[spatial], precision=jax.lax.Precision.HIGHEST)
+    @staticmethod
+    def conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+        return jax.lax.platform_dependent(
+            x, w, cpu=functools.partial(_conv_by_slices, stride=stride, padding=padding),
+            default=functools.partial(_conv_xla, stride=stride, padding=padding))
 
     @staticmethod
     def concat(xs, axis: int) -> jax.Array:
