@@ -2,8 +2,9 @@
 model per estimator family, saved in model-file format 1, and what each one predicted
 on every engine when it was written.
 
-How they were made: ``python tests/golden/make_golden.py`` at odeplug's commit
-a68483d (main, 2026-12-07; format version 1), numpy/scikit-learn/safetensors as
+How they were made: ``python tests/golden/make_golden.py`` on 2026-12-07, with the
+``save`` and the estimators of odeplug's main at commit a68483d (format version 1; the
+branch that added these files changed only ``load``), numpy/scikit-learn/safetensors as
 recorded in each file's header, torch 2.13.0 CPU, jax 0.10.2. Each model is fitted on
 the reference engine (float64) for two epochs on the inputs stored beside it, so the
 files are small and fully determined by ``random_state``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -72,6 +74,10 @@ def outputs(name, model, data) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
+    existing = [name for name in os.listdir(HERE) if name.endswith((".odeplug", ".npz"))]
+    if existing and "--overwrite" not in sys.argv:
+        sys.exit(f"{HERE} already holds {sorted(existing)}: golden files are written once "
+                 "(see this script's docstring); --overwrite only for a new folder")
     warnings.simplefilter("ignore")  # two epochs do not converge
     data = inputs()
     np.savez(os.path.join(HERE, "inputs.npz"), **data)
