@@ -639,13 +639,25 @@ def _header(data: bytes, where: str) -> dict[str, Any]:
         raise ModelFileError(
             f"{where} is not an odeplug model file: a safetensors file without odeplug's "
             f"metadata (format {FORMAT!r})", reason="foreign")
-    ends = [entry.get("data_offsets", [0, 0])[1] for name, entry in header.items()
-            if name != "__metadata__" and isinstance(entry, dict)
-            and isinstance(entry.get("data_offsets"), list) and entry["data_offsets"]]
-    if any(isinstance(end, int) and 8 + size + end > len(data) for end in ends):
+    ends = [_data_end(name, info, where) for name, info in header.items()
+            if name != "__metadata__"]
+    if any(8 + size + end > len(data) for end in ends):
         raise ModelFileError(f"{where} is truncated: its arrays end past its last byte",
                              reason="truncated")
     return entry
+
+
+def _data_end(name: str, info: Any, where: str) -> int:
+    """Where an array of the header ends; a description that is not ``[begin, end]``
+    is a malformed file (safetensors would say so too, but truncation is told first)."""
+    offsets = info.get("data_offsets") if isinstance(info, dict) else None
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                       for n in offsets) or offsets[0] > offsets[1]):
+        raise ModelFileError(f"{where} has a malformed header: the array {name!r:.80} has "
+                             f"data_offsets {offsets!r:.80}, not [begin, end]",
+                             reason="malformed")
+    return offsets[1]
 
 
 def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] | None = None,
@@ -687,7 +699,12 @@ def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] 
         (signed and no key given, or a key given for an unsigned file), ``"field"``
         (a model of a user module loaded without ``field=``, or with one of another
         framework or whose parameter names or shapes differ from the saved ones, or
-        ``field=`` for a model without a user module).
+        ``field=`` for a model without a user module). A file whose
+        fitted attributes contradict each other or its model spec (``n_features_in_``,
+        the spec's widths, ``classes_``, per-feature arrays such as ``mean_``) is
+        ``"malformed"``, even with a valid digest.
+    TypeError
+        ``expected`` is not a class or a tuple of classes (a class's name is not one).
     ValueError, BackendNotAvailableError
         ``backend`` is unknown or not installed.
 
@@ -715,6 +732,7 @@ def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] 
     (True, 'reference')
     """
     where = f"{file!r:.200}" if not hasattr(file, "read") else "the file"
+    _check_expected(expected)
     key = _key_bytes(key)
     data = _read(file)
     entry = _header(data, where)
@@ -768,6 +786,15 @@ def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] 
         get_backend(backend)  # unknown or not installed: said now, not at predict
         estimator.set_params(backend=backend)
     return estimator
+
+
+def _check_expected(expected) -> None:
+    """``expected`` is the caller's, not the file's: a wrong one is a TypeError, said
+    before the file is read."""
+    classes = expected if isinstance(expected, tuple) else (expected,)
+    if expected is not None and not all(isinstance(c, type) for c in classes):
+        raise TypeError(f"expected must be an estimator class or a tuple of classes "
+                        f"(odeplug.CNFDensity, not its name), got {expected!r:.80}")
 
 
 def _build(model: Any, tensors: dict[str, np.ndarray], *, expected, field=None):
@@ -827,6 +854,7 @@ def _build(model: Any, tensors: dict[str, np.ndarray], *, expected, field=None):
     extra = set(tensors) - reader.used
     if extra:
         _fail(f"it holds arrays that nothing refers to: {sorted(extra)[:5]}")
+    _check_consistent(fitted)
     estimator.__dict__.update(fitted)
     return estimator
 
@@ -845,3 +873,54 @@ def _check_user_parameters(spec: Any, canonical: dict[str, np.ndarray], field: A
             + ([f"shapes differ: {'; '.join(shapes)}"] if shapes else [])
         raise ModelFileError(f"field={field!r} does not match the saved model's field: "
                              + "; ".join(parts), reason="field")
+
+
+# How the fitted attributes of odeplug's estimators depend on each other: a file whose
+# digest was recomputed after an edit that breaks one of these would load, then fail
+# later inside the engine with an error about shapes; it is refused at load instead.
+# Counts: each must be an int >= 1 where present.
+_COUNTS = ("n_features_in_", "n_channels_", "n_targets_")
+# Spec fields that are the width of a fitted count (the spec's parameter table is
+# checked against the arrays already).
+_SPEC_COUNTS = {"n_features": "n_features_in_", "n_channels": "n_channels_"}
+# Arrays of one entry per feature (or channel): shape (count,). scikit-learn's for
+# every estimator, the others by the family of the model spec (another family may
+# give these names other meanings).
+_PER_COUNT = {"feature_names_in_": "n_features_in_"}
+_FAMILY_PER_COUNT = {"density": {"mean_": "n_features_in_", "scale_": "n_features_in_"},
+                     "latent": {"noise_std_": "n_channels_"}}
+# Arrays that divide the data: finite and positive (fit makes them so).
+_FAMILY_POSITIVE = {"density": ("scale_",)}
+
+
+def _check_consistent(fitted: dict[str, Any]) -> None:
+    for name in _COUNTS:
+        if name in fitted:
+            count = fitted[name]
+            if not isinstance(count, (int, np.integer)) or isinstance(count, bool) \
+                    or count < 1:
+                _fail(f"its {name} is {count!r:.80}, not a count")
+    spec = fitted.get("_spec")
+    if spec is not None and "params_" not in fitted:
+        _fail("its model spec comes without parameters")
+    for field, name in _SPEC_COUNTS.items():
+        if hasattr(spec, field) and name in fitted and getattr(spec, field) != fitted[name]:
+            _fail(f"its {name} is {fitted[name]} but its model spec has {field}="
+                  f"{getattr(spec, field)!r:.40}")
+    classes = fitted.get("classes_")
+    if hasattr(spec, "n_outputs") and classes is not None \
+            and np.shape(classes) != (spec.n_outputs,):
+        _fail(f"its classes_ has shape {np.shape(classes)} but its model spec has "
+              f"n_outputs={spec.n_outputs!r:.40}")
+    family = getattr(spec, "family", None)
+    for name, count in {**_PER_COUNT, **_FAMILY_PER_COUNT.get(family, {})}.items():
+        value = fitted.get(name)
+        if value is not None and count in fitted and np.shape(value) != (fitted[count],):
+            _fail(f"its {name} has shape {np.shape(value)} but its {count} is "
+                  f"{fitted[count]}")
+    for name in _FAMILY_POSITIVE.get(family, ()):
+        value = fitted.get(name)
+        if value is not None:
+            array = np.asarray(value)
+            if array.dtype.kind != "f" or not np.all(np.isfinite(array) & (array > 0)):
+                _fail(f"its {name} must hold finite positive floats")

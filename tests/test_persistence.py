@@ -544,3 +544,77 @@ def test_signed_files_need_their_key(fitted):
 def test_backend_override_is_checked_at_load(data):
     with pytest.raises(ValueError, match="registered"):
         from_bytes(data, backend="no-such-engine")
+
+
+def _with_header(data: bytes, edit) -> bytes:
+    """The file with its safetensors header (the JSON) edited by ``edit(header)``."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    edit(header)
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
+
+
+def test_refuses_arrays_described_by_malformed_offsets(data):
+    # An offsets list of the wrong length was an IndexError; every one is a clear error.
+    name = "head.bias"
+    for offsets in ([0], [0, 8, 16], [], "0-8", [8, 0], [-8, 0], [0.0, 8.0], [True, 8]):
+        def edit(header, offsets=offsets):
+            header[name]["data_offsets"] = offsets
+        error = refused(_with_header(data, edit), "malformed", "data_offsets")
+        assert name in str(error)
+
+
+def test_refuses_fitted_attributes_that_contradict_each_other():
+    # Edits that keep every array's own description valid, digest recomputed: the model
+    # they describe is impossible and would fail at predict with NumPy's shape errors.
+    density = odeplug.CNFDensity(hidden_layer_sizes=(4,), max_iter=1, batch_size=40,
+                                 random_state=0).fit(X)
+    saved = to_bytes(density)
+
+    def features(n):
+        return lambda e, t: e["model"]["fitted"].update(n_features_in_=n)
+
+    def mean(n):
+        def edit(e, t):
+            t["odeplug/fitted.mean_"] = np.zeros(n)
+            e["model"]["fitted"]["mean_"]["$array"]["shape"] = [n]
+        return edit
+
+    def scale_of(value):
+        def edit(e, t):
+            t["odeplug/fitted.scale_"] = np.full(2, value)
+        return edit
+
+    cases = [  # edit, what the error says; the first is the issue's file
+        (features(3), "n_features_in_ is 3"),  # spec and mean_ 2
+        (mean(3), "mean_ has shape"),
+        (scale_of(0.0), "scale_"),
+        (scale_of(np.nan), "scale_"),
+        (features(0), "not a count"),
+        (features(2.0), "not a count"),
+    ]
+    for edit, match in cases:
+        refused(rewrite(saved, edit), "malformed", match)
+    # The untouched file loads and scores as the original.
+    np.testing.assert_array_equal(from_bytes(saved).score_samples(X),
+                                  density.score_samples(X))
+
+
+def test_refuses_classes_that_contradict_the_spec(data):
+    def three_classes(e, t):
+        t["odeplug/fitted.classes_"] = np.frombuffer(np.array(["a", "b", "c"]).tobytes(),
+                                                     np.uint8)  # strings go as bytes
+        e["model"]["fitted"]["classes_"]["$array"].update(dtype="<U1", shape=[3])
+    refused(rewrite(data, three_classes), "malformed", "n_outputs=2")
+
+
+def test_expected_is_a_class_and_a_name_is_the_callers_error(data):
+    # A string was reported as a malformed *file*; it is the call that is wrong.
+    for wrong in ("ODEClassifier", ("ODEClassifier",), (ODEClassifier, "x"), 1):
+        with pytest.raises(TypeError, match="expected must be an estimator class"):
+            from_bytes(data, expected=wrong)
+    with pytest.raises(TypeError, match="expected must be"):
+        from_bytes(b"not even a file", expected="CNFDensity")  # said before reading
+    assert type(from_bytes(data, expected=(odeplug.CNFDensity, ODEClassifier))) \
+        is ODEClassifier

@@ -22,7 +22,8 @@ from odeplug_backends.jax.solve import (  # noqa: E402
 
 from odeplug._solver_options import make_solve_config  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
+# float64 comparisons with the reference engine: x64 for this module's tests only.
+pytestmark = pytest.mark.usefixtures("jax_x64")
 
 
 def test_checked_against_the_installed_diffrax():

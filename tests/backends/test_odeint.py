@@ -28,6 +28,10 @@ from tests.problems import (
     ROTATION,
 )
 
+# The engines' float64 numerics against exact solutions and each other: JAX in x64 for
+# this module's tests only (users, and the estimator tests, run it in float32).
+pytestmark = pytest.mark.usefixtures("jax_x64")
+
 ADAPTIVE = ["bosh3", "dopri5", "tsit5", "dopri8"]
 FIXED = ["euler", "midpoint", "heun", "rk4"]
 ORDER = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "bosh3": 3, "dopri5": 5,

@@ -188,22 +188,33 @@ def test_early_stopping_keeps_best_validation_params(engine, monkeypatch):
     # The validation score is the accuracy of the program's predict on the held-out
     # split: record the parameters of every epoch it scores.
     cls = _program_class(engine)
-    scored = []
+    scored, held_out = [], []
     original = cls.predict
 
     def predict(self, params, X, hyper):
         scored.append({k: np.array(v) for k, v in params.items()})
+        held_out.append(np.array(X))
         return original(self, params, X, hyper)
 
     monkeypatch.setattr(cls, "predict", predict)
     clf = small(backend=engine.name, early_stopping=True, max_iter=30, n_iter_no_change=3,
                 learning_rate_init=0.05).fit(X_TRAIN, Y_TRAIN)
+    monkeypatch.undo()
     assert len(clf.validation_scores_) == clf.n_iter_ == len(scored)
     assert clf.best_validation_score_ == max(clf.validation_scores_)
     best = int(np.argmax(clf.validation_scores_))
     assert best < clf.n_iter_ - 1  # stopped after epochs without progress
     for key, value in scored[best].items():
         np.testing.assert_array_equal(clf.params_[key], value)
+    # The best score is what it claims, computed outside the training loop: the fitted
+    # model's accuracy on the held-out rows (found in X_TRAIN, with their labels).
+    rows = [int(np.argmin(np.abs(X_TRAIN - x).sum(axis=1))) for x in held_out[best]]
+    assert len(set(rows)) == len(rows) == round(0.1 * len(X_TRAIN))
+    np.testing.assert_allclose(X_TRAIN[rows], held_out[best], rtol=1e-6)
+    accuracy = np.mean(clf.predict(X_TRAIN[rows]) == Y_TRAIN[rows])
+    assert clf.best_validation_score_ == pytest.approx(accuracy, abs=1e-12)
+    assert clf.best_validation_score_ > np.mean(Y_TRAIN[rows] == np.bincount(
+        Y_TRAIN[rows]).argmax())  # better than the majority class: it did learn
     assert clf.best_loss_ is None
 
 
