@@ -39,8 +39,9 @@ def odeint(
 ):
     """Solve ``dy/dt = func(t, y, args)`` from ``y(t[0]) = y0``; return ``y`` at every ``t``.
 
-    The same call runs on odeplug's NumPy engine, on PyTorch (torchdiffeq) or on JAX
-    (diffrax); ``func`` is written with the chosen engine's operations.
+    The same call runs on odeplug's NumPy engine, on PyTorch (odeplug's own stepper;
+    torchdiffeq as an option) or on JAX (diffrax); ``func`` is written with the chosen
+    engine's operations.
 
     Parameters
     ----------
