@@ -4,6 +4,7 @@ backend (reference, torch, jax), skipped with the reason where one is missing.""
 from __future__ import annotations
 
 import os
+import sys
 
 # Small problems: one thread each, and no XLA thread pool fighting pytest-xdist. XLA
 # optimises as it does for users (its default level): the cross-engine tolerances are
@@ -111,3 +112,30 @@ def _fresh_config():
     """Each test starts from the default configuration."""
     with odeplug.config_context():
         yield
+
+
+# Every program XLA compiles for the CPU lives in memory mappings of its own (about 640 for
+# one small ODEClassifier fit and its predictions, measured), and JAX keeps every compiled
+# program of a live function. A whole serial run compiles thousands: the one process
+# reached Linux's vm.max_map_count (65,530) about half way through the suite, and XLA
+# aborted the interpreter inside a compilation (seen with `python -m pytest -q`; under
+# `-n 2` each worker holds half as many). Past this many mappings, the compiled programs
+# are dropped after the test (`jax.clear_caches()`); later tests compile again, nothing
+# else changes.
+_MAX_MAPPINGS = 30_000
+
+
+def _n_mappings() -> int:
+    try:
+        with open(f"/proc/{os.getpid()}/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # not Linux: no such limit to guard
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _bounded_compiled_programs():
+    yield
+    jax = sys.modules.get("jax")
+    if jax is not None and _n_mappings() > _MAX_MAPPINGS:
+        jax.clear_caches()
