@@ -134,8 +134,17 @@ def _n_mappings() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _bounded_compiled_programs():
+def _jax_left_as_users_have_it():
+    """After each test: x64 is off again (a test that switched it on globally would run
+    every later JAX test of its process in float64, unlike users), and the compiled
+    programs are dropped past ``_MAX_MAPPINGS``. Autouse fixtures are torn down after
+    the ones a test asks for, so this runs outside ``jax_x64``'s scope."""
     yield
     jax = sys.modules.get("jax")
-    if jax is not None and _n_mappings() > _MAX_MAPPINGS:
+    if jax is None:
+        return
+    if _n_mappings() > _MAX_MAPPINGS:
         jax.clear_caches()
+    if jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", False)
+        pytest.fail("the test left JAX's x64 switched on: use the jax_x64 fixture")

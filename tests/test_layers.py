@@ -14,6 +14,9 @@ from sklearn.base import clone
 from odeplug import layers as L
 from odeplug.reference.nn import INFERENCE_OPS
 
+# Float64 comparisons across engines: JAX in x64 for each test of this module (scoped).
+pytestmark = pytest.mark.usefixtures("jax_x64")
+
 OPS_MODULES = {"reference": "odeplug.reference.nn", "torch": "odeplug_backends.torch.nn",
                "jax": "odeplug_backends.jax.nn"}
 
@@ -238,12 +241,11 @@ def test_bad_layers_are_refused_clearly(make, match):
         make()
 
 
-def test_both_jax_lowerings_of_a_convolution_agree():
+def test_both_jax_lowerings_of_a_convolution_agree(jax_x64):
     """The jax engine lowers a convolution by ``lax.conv_general_dilated`` on GPUs and
     by strided slices on CPUs (faster there inside a solver's loop): the same function
     and gradients, so a model's outputs do not depend on the platform."""
     jax = pytest.importorskip("jax")
-    jax.config.update("jax_enable_x64", True)
     from odeplug_backends.jax.nn import _conv_by_slices, _conv_xla
 
     rng = np.random.default_rng(0)

@@ -71,8 +71,6 @@ FIELD_NAMES = {"torch": ["field.net.0.bias", "field.net.0.weight", "field.net.2.
 @pytest.fixture(params=["torch", "jax"])
 def home(request) -> str:
     """The engine of the module's framework."""
-    if request.param == "jax":
-        jax.config.update("jax_enable_x64", True)
     return request.param
 
 
