@@ -1,8 +1,9 @@
 """The paper's constant-memory claim on its own architecture (issue #19): the training
 memory of the convolutional ODE-Net (``ODEClassifier(field="conv")``) stays flat as the
 depth ``t1`` grows with the adjoint, and grows with backpropagation where backpropagation
-stores every step (the reference engine). Tiny sizes; the measured benchmark at 28 x 28
-is ``tests/benchmarks/bench_conv_memory.py`` (``docs/benchmarks.md``)."""
+stores every step (the reference engine; jax's backprop checkpoints instead). Tiny
+sizes; the benchmark at 28 x 28 on every engine is
+``tests/benchmarks/bench_conv_memory.py`` (``docs/benchmarks.md``)."""
 
 from __future__ import annotations
 
@@ -59,9 +60,9 @@ def test_reference_adjoint_memory_is_flat_in_t1_and_backprop_grows():
     assert backprop > 2.0, backprop
 
 
-def _jax_temp_bytes(t1: float, adjoint: bool) -> tuple[int, int]:
+def _jax_temp_bytes(t1: float, adjoint: bool) -> int:
     """XLA's temporary buffers of the compiled training step (``memory_analysis``) with
-    ``max_num_steps`` the grid's steps (``4 t1``), and the bytes of one state."""
+    ``max_num_steps`` the grid's steps (``4 t1``)."""
     from odeplug_backends.jax import odenet
     from odeplug_backends.jax.programs import solve_key, solve_values, traced_values
 
@@ -72,21 +73,16 @@ def _jax_temp_bytes(t1: float, adjoint: bool) -> tuple[int, int]:
     compiled = odenet._train_step(spec, solve_key(hyper.solve)).lower(
         state["params"], state["opt"], X, y.astype(np.int32),
         traced_values(hyper, np.float32), solve_values(hyper.solve, np.float32)).compile()
-    return compiled.memory_analysis().temp_size_in_bytes, X.shape[0] * spec.state_dim * 4
+    return compiled.memory_analysis().temp_size_in_bytes
 
 
 @pytest.mark.slow
-def test_jax_adjoint_memory_is_flat_in_the_steps_and_backprop_holds_checkpoints():
-    """One compiled jax step serves every ``t1`` (traced), so what can grow is set by
-    the step budget: at ``max_num_steps`` = the grid's steps of t1 = 1 and t1 = 4, the
-    adjoint's buffers stay flat; backprop (diffrax's ``RecursiveCheckpointAdjoint``)
-    holds ``floor(sqrt(2 n + 1/4) - 1/2)`` checkpoints of the solver's state for a budget
-    of ``n`` steps, each at least a state: 2 at 4 steps, 5 at 16. Its growth is no more
-    than that (it does not store every step as the eager engines do)."""
-    adjoint_1, _ = _jax_temp_bytes(1.0, True)
-    adjoint_4, _ = _jax_temp_bytes(4.0, True)
-    assert adjoint_4 < 1.3 * adjoint_1, (adjoint_1, adjoint_4)
-    backprop_1, state = _jax_temp_bytes(1.0, False)
-    backprop_4, _ = _jax_temp_bytes(4.0, False)
-    assert backprop_4 - backprop_1 >= (5 - 2) * state, (backprop_1, backprop_4, state)
-    assert backprop_4 < 2.0 * backprop_1, (backprop_1, backprop_4)
+def test_jax_adjoint_memory_is_flat_in_the_steps():
+    """One compiled jax step serves every ``t1`` (a traced input), so what could grow
+    with the depth is set by the step budget: compiled for the grid's steps of t1 = 1
+    (4) and of t1 = 4 (16), the adjoint's buffers stay flat. (Backprop on jax does not
+    store every step either: diffrax's ``RecursiveCheckpointAdjoint`` keeps about
+    ``sqrt(2 max_num_steps)`` checkpoints; measured by the benchmark. Each compilation
+    of the conv step costs tens of seconds, hence two.)"""
+    at_1, at_4 = _jax_temp_bytes(1.0, True), _jax_temp_bytes(4.0, True)
+    assert at_4 < 1.3 * at_1, (at_1, at_4)
