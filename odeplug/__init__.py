@@ -6,7 +6,7 @@ The public API is re-exported here from private modules.
 from . import layers
 from ._config import config_context, get_config, set_config
 from ._constant import Constant
-from ._odeint import odeint
+from ._odeint import odeint, odeint_rows
 from ._persistence import ModelFileError, load, save
 from ._solver_options import (
     ADAPTIVE_SOLVERS,
@@ -56,6 +56,7 @@ __all__ = [
     "load",
     "make_solve_config",
     "odeint",
+    "odeint_rows",
     "register_backend",
     "save",
     "set_config",

@@ -3,7 +3,9 @@
 A backend is an object with a ``name`` that provides
 
 1. ``odeint(func, y0, t, args, config)`` on its own arrays, returning the states at
-   every time of ``t`` and an :class:`~odeplug.ODEStats`;
+   every time of ``t`` and an :class:`~odeplug.ODEStats`, and ``odeint_rows(func, y0, t,
+   args, config)``, each row of ``y0`` its own problem, returning the states and per-row
+   counters (optional for a third party's engine);
 2. ``make_program(spec)``: for a model spec (a frozen dataclass of the core, see
    ``odeplug._specs``), a program with ``init``, ``step`` and the family's inference
    (:mod:`odeplug._protocols`). An engine with odeplug's floor plan names its package
@@ -105,6 +107,24 @@ class Backend(abc.ABC):
         so an engine may skip counting the VJPs of backpropagation (a hook per
         evaluation, several percent of a small field's cost).
         """
+
+    def odeint_rows(self, func: Callable, y0: Any, t: Any, args: Any,
+                    config: Any) -> tuple[Any, dict[str, Any]]:
+        """Solve each row of ``y0`` (shape ``(n, d)``) as its own problem, no gradients.
+
+        Every row gets its own adaptive steps, so its states and counters are those of
+        :meth:`odeint` on that row alone. ``func(t, y, args)`` takes a batch of rows,
+        ``y`` of shape ``(m, d)`` and ``t`` of shape ``(m, 1)`` (each row's time); ``t``
+        is one grid ``(T,)`` or one per row ``(n, T)``, NaN-padded at the end;
+        ``config.adjoint`` is ignored. Returns ``(ys, counters)``: ``ys`` of shape
+        ``(T, n, d)`` in the engine's arrays, ``counters`` a dict of ``nfe_forward``,
+        ``n_steps`` and ``n_rejected``, NumPy arrays of shape ``(n,)``. A failed row
+        raises the ``SolverError`` of that row alone, prefixed ``row i: `` (the lowest
+        failed row). See :func:`odeplug.odeint_rows`.
+
+        By default the engine has none (a third party's engine may add it).
+        """
+        raise NotImplementedError(f"the {self.name} engine has no odeint_rows")
 
     def make_program(self, spec: Any) -> Any:
         """The program of a model spec: the class ``spec.program`` names, from its

@@ -336,41 +336,130 @@ def test_torch_rows_stay_on_their_dtype():
 # ------------------------------------------------------------- the engines' rows
 
 
-@pytest.mark.parametrize("engine", ["reference", "torch"])
-def test_odeint_rows_of_the_engines(engine):
-    """``odeint_rows(func, y0, t, args, config)``: ``func(t, y, args)`` on rows, with
-    Constant args unwrapped, counters per row, per-row grids."""
+ENGINES = ["reference", "torch", "jax"]
+
+
+def engine_arrays(engine, request):
+    """``as_array`` of an engine (float64; JAX in x64 for this test)."""
     if engine == "torch":
         torch = pytest.importorskip("torch")
-        from odeplug_backends.torch.solve import odeint_rows
+        return lambda x: torch.tensor(np.asarray(x, np.float64))
+    if engine == "jax":
+        pytest.importorskip("diffrax")
+        request.getfixturevalue("jax_x64")
+        import jax.numpy as jnp
 
-        def field(t, y, args):
-            assert not isinstance(args["noise"], odeplug.Constant)
-            return (1 + t) * (2 * y / (1 + y * y) - args["k"] * y) + args["noise"]
+        return lambda x: jnp.asarray(np.asarray(x, np.float64))
+    return lambda x: np.asarray(x, np.float64)
 
-        args = {"k": torch.tensor(0.4, dtype=torch.float64, requires_grad=True),
-                "noise": odeplug.Constant(torch.zeros(2, dtype=torch.float64))}
-        y0 = torch.tensor(Y0)
-    else:
-        from odeplug.reference.solve import odeint_rows
 
-        def field(t, y, args):
-            assert not isinstance(args["noise"], odeplug.Constant)
-            return (1 + t) * (2 * y / (1 + y * y) - args["k"] * y) + args["noise"]
+def engine_field(t, y, args):
+    """One field for every engine (arithmetic only): ``t`` a row's time, ``(m, 1)`` in
+    ``odeint_rows`` and a scalar in ``odeint``; Constant args arrive unwrapped."""
+    assert not isinstance(args["noise"], odeplug.Constant)
+    return (1 + t) * (2 * y / (1 + y * y) - args["k"] * y) + args["noise"]
 
-        args = {"k": np.array(0.4), "noise": odeplug.Constant(np.zeros(2))}
-        y0 = Y0
-    config = make_solve_config("dopri5", rtol=1e-6, atol=1e-8, adjoint=True)
-    t = np.array([[0.0, 1.0, 2.0]] * 4 + [[0.0, 0.5, np.nan]])
-    ys, counters = odeint_rows(field, y0, t, args, config)
+
+# Per-row grids: NaN padding, a decreasing row, a row of one time.
+ROW_TIMES = np.array([[0.0, 1.0, 2.0], [0.0, 0.7, 2.5], [0.2, 0.9, 1.4], [2.0, 1.0, 0.0],
+                      [0.0, 0.5, np.nan]])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("solver", ["dopri5", "rk4"])
+def test_odeint_rows_is_odeint_row_by_row_on_every_engine(engine, solver, request):
+    """``odeplug.odeint_rows(func, y0, t, args, ...)``: one signature on every engine
+    (the Backend contract), each row the states and counters of ``odeplug.odeint`` on
+    that row alone, on the same engine; and the same rows and counts on every engine."""
+    as_array = engine_arrays(engine, request)
+    args = {"k": as_array(0.4), "noise": odeplug.Constant(as_array(np.zeros(2)))}
+    kwargs = SETTINGS[solver]
+    ys, counters = odeplug.odeint_rows(engine_field, as_array(Y0), ROW_TIMES, args,
+                                       solver=solver, **kwargs)
+    assert type(ys) is type(as_array(Y0))
     ys = np.asarray(ys)
-    assert ys.shape == (3, 5, 2) and np.isnan(ys[2, 4]).all()
+    assert ys.shape == (3,) + Y0.shape and np.isnan(ys[2, 4]).all()
+    assert sorted(counters) == ["n_rejected", "n_steps", "nfe_forward"]
+    for name in counters:
+        assert isinstance(counters[name], np.ndarray) and counters[name].shape == (5,)
     for i, row in enumerate(Y0):
-        valid = ~np.isnan(t[i])
-        expected, stats = alone(row, t[i, valid], "dopri5")
-        np.testing.assert_allclose(ys[valid, i], expected[:, 0], rtol=1e-12, atol=1e-12)
-        assert counters["nfe_forward"][i] == stats.nfe_forward
-        assert counters["n_steps"][i] == stats.n_steps
+        valid = ~np.isnan(ROW_TIMES[i])
+        expected, stats = odeplug.odeint(engine_field, as_array(row[None]),
+                                         as_array(ROW_TIMES[i, valid]), args, solver=solver,
+                                         return_stats=True, **kwargs)
+        np.testing.assert_allclose(ys[valid, i], np.asarray(expected)[:, 0], rtol=1e-12,
+                                   atol=1e-12)
+        assert [int(counters[name][i]) for name in ("nfe_forward", "n_steps", "n_rejected")
+                ] == [stats.nfe_forward, stats.n_steps, stats.n_rejected], i
+    # Every engine gives the reference engine's rows and counts.
+    reference, reference_counters = odeplug.odeint_rows(
+        engine_field, Y0, ROW_TIMES, {"k": np.array(0.4),
+                                      "noise": odeplug.Constant(np.zeros(2))},
+        solver=solver, **kwargs)
+    np.testing.assert_allclose(ys, reference, rtol=1e-10, atol=1e-12)
+    if engine == "jax" and solver in odeplug.FIXED_STEP_SOLVERS:
+        # JAX's fixed-step methods end with the FSAL stage f(t1, y1) (its dense output
+        # needs it): one evaluation more per solve, as odeint's docstring says.
+        reference_counters["nfe_forward"] = reference_counters["nfe_forward"] + 1
+    for name in counters:
+        np.testing.assert_array_equal(counters[name], reference_counters[name])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_odeint_rows_a_row_of_one_time_costs_nothing(engine, request):
+    as_array = engine_arrays(engine, request)
+    t = np.array([[0.0, 1.0], [0.5, np.nan]])
+    ys, counters = odeplug.odeint_rows(lambda t, y, a: -y, as_array(Y0[:2]), t)
+    np.testing.assert_array_equal(np.asarray(ys)[0], Y0[:2])
+    assert np.isnan(np.asarray(ys)[1, 1]).all()
+    assert counters["nfe_forward"][1] == counters["n_steps"][1] == 0
+    assert counters["nfe_forward"][0] > 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_odeint_rows_failures_read_the_same_on_every_engine(engine, request):
+    """The failed row of lowest index raises, prefixed with its index, with the reason,
+    time reached and solution so far of ``odeint`` on that row alone."""
+    as_array = engine_arrays(engine, request)
+    # dy/dt = y**2 blows up at t = 1 / y0: rows 1 and 3 fail, row 1 is reported.
+    y0 = np.array([[0.1], [1.0], [0.2], [2.0]])
+    t = np.array([0.0, 0.5, 0.9, 2.0])
+    with pytest.raises(SolverError) as rows, np.errstate(all="ignore"):
+        odeplug.odeint_rows(lambda t, y, a: y**2, as_array(y0), t, rtol=1e-6, atol=1e-8)
+    with pytest.raises(SolverError) as alone, np.errstate(all="ignore"):
+        odeplug.odeint(lambda t, y, a: y**2, as_array(y0[1:2]), as_array(t), rtol=1e-6,
+                       atol=1e-8)
+    error = rows.value
+    assert str(error).startswith("row 1: step size underflow")
+    assert str(error) == "row 1: " + str(alone.value)
+    assert error.reason == alone.value.reason == "step_size_underflow"
+    assert error.t == pytest.approx(alone.value.t, rel=1e-12)
+    np.testing.assert_array_equal(error.ts, [0.0, 0.5, 0.9])
+    ys = np.asarray(error.ys)
+    assert ys.shape == (3, 1)  # the row's states
+    np.testing.assert_allclose(ys, np.asarray(alone.value.ys).reshape(3, 1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_odeint_rows_bad_input_reads_the_same_on_every_engine(engine, request):
+    as_array = engine_arrays(engine, request)
+    with pytest.raises(ValueError, match=r"odeint_rows needs states of shape \(n, d\), "
+                                         r"got \(5,\)"):
+        odeplug.odeint_rows(lambda t, y, a: -y, as_array(Y0[:, 0]), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="row 1 of t: NaN is only padding"):
+        odeplug.odeint_rows(lambda t, y, a: -y, as_array(Y0[:2]),
+                            np.array([[0.0, 1.0], [np.nan, 1.0]]))
+
+
+def test_a_third_party_engine_without_rows_says_so():
+    class Bare(odeplug.Backend):
+        name = "bare"
+
+        def odeint(self, func, y0, t, args, config, *, count_backward=True):
+            raise AssertionError("not called")
+
+    with pytest.raises(NotImplementedError, match="the bare engine has no odeint_rows"):
+        Bare().odeint_rows(None, Y0, np.array([0.0, 1.0]), None, make_solve_config())
 
 
 def test_the_core_names_no_engine():

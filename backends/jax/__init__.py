@@ -28,6 +28,11 @@ class JaxBackend(Backend):
 
         return odeint(func, y0, t, args, config, count_backward=count_backward)
 
+    def odeint_rows(self, func, y0, t, args, config):
+        from .solve import odeint_rows
+
+        return odeint_rows(func, y0, t, args, config)
+
     def gpu_missing(self) -> str | None:
         from .programs import platform_devices
 

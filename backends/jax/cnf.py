@@ -41,7 +41,7 @@ from .programs import (
     step_status,
     traced_values,
 )
-from .solve import SolveStatic, odeint_rows, odeint_traced
+from .solve import SolveStatic, odeint_rows_traced, odeint_traced
 
 __all__ = ["CNFProgram", "augmented_field", "log_normal"]
 
@@ -143,8 +143,9 @@ def _log_density_rows(spec: CNFSpec, static: SolveStatic) -> Callable:
     def rows(params, X, values, tolerances):
         TRACE_COUNTS["cnf_log_density"] += 1
         y0 = jnp.concatenate([X, jnp.zeros((X.shape[0], 1), X.dtype)], axis=1)
-        ys, info = odeint_rows(model.inference_dynamics, y0, model.times(values["t1"], X.dtype),
-                               {"field": params}, static, tolerances)
+        ys, info = odeint_rows_traced(model.inference_dynamics, y0,
+                                      model.times(values["t1"], X.dtype), {"field": params},
+                                      static, tolerances)
         return log_normal(ys[-1][:, :d]) + ys[-1][:, d], ys, info
 
     return jax.jit(rows)
@@ -158,8 +159,8 @@ def _flow_rows(spec: CNFSpec, static: SolveStatic) -> Callable:
 
     def rows(params, Z, times, tolerances):
         TRACE_COUNTS["cnf_flow"] += 1
-        ys, info = odeint_rows(model.field, Z, times.astype(Z.dtype), params, static,
-                               tolerances)
+        ys, info = odeint_rows_traced(model.field, Z, times.astype(Z.dtype), params, static,
+                                      tolerances)
         return ys[-1], ys, info
 
     return jax.jit(rows)

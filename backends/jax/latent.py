@@ -38,7 +38,7 @@ from .programs import (
     step_status,
     traced_values,
 )
-from .solve import SolveInfo, SolveStatic, backward_probe, odeint_rows, odeint_traced
+from .solve import SolveInfo, SolveStatic, backward_probe, odeint_rows_traced, odeint_traced
 
 __all__ = ["LatentProgram"]
 
@@ -153,8 +153,8 @@ class _Latent:
                 v, m, ok, gap, prev = x
                 h = update(h, v, m, ok, prev)
                 y = jnp.concatenate([h, gap[:, None]], axis=1)
-                ys, info = odeint_rows(self.encoder_field, y, span, field_params, static,
-                                       tolerances)
+                ys, info = odeint_rows_traced(self.encoder_field, y, span, field_params,
+                                              static, tolerances)
                 moving = gap > 0
                 # Counters of the series that move (as the reference engine, which
                 # solves those only); a zero gap leaves the state as it is.
@@ -261,8 +261,8 @@ def _trajectory_rows(spec: LatentODESpec, static: SolveStatic) -> Callable:
 
     def rows(params, z0, grids, traced, tolerances):
         TRACE_COUNTS["latent_trajectory"] += 1
-        ys, info = odeint_rows(model.latent_field, z0, grids, model.subset(params, "field."),
-                               static, tolerances)
+        ys, info = odeint_rows_traced(model.latent_field, z0, grids,
+                                      model.subset(params, "field."), static, tolerances)
         return jnp.swapaxes(ys, 0, 1), ys, info
 
     return jax.jit(rows)

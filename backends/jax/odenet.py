@@ -35,7 +35,7 @@ from .programs import (
     step_status,
     traced_values,
 )
-from .solve import SolveStatic, SolveValues, odeint_rows, odeint_traced
+from .solve import SolveStatic, SolveValues, odeint_rows_traced, odeint_traced
 
 __all__ = ["ODENetProgram"]
 
@@ -109,15 +109,16 @@ def _train_step(spec: ODENetSpec, static: SolveStatic) -> Callable:
 @functools.lru_cache(maxsize=32)
 def _predict_rows(spec: ODENetSpec, static: SolveStatic) -> Callable:
     """The compiled inference of a model and a solver: ``(params, X, values,
-    solve_values) -> (log_proba, ys, info)``, each row solved alone (``odeint_rows``:
-    its own steps, so its result does not depend on the others)."""
+    solve_values) -> (log_proba, ys, info)``, each row solved alone
+    (``odeint_rows_traced``: its own steps, so its result does not depend on the
+    others)."""
     model = _ODENet(spec)
 
     def rows(params, X, values, tolerances):
         TRACE_COUNTS["predict"] += 1
         z0 = model.initial_state(params, X)
-        zs, info = odeint_rows(model.field, z0, model.times(values["t1"], z0.dtype),
-                               model.field_params(params), static, tolerances)
+        zs, info = odeint_rows_traced(model.field, z0, model.times(values["t1"], z0.dtype),
+                                      model.field_params(params), static, tolerances)
         return log_softmax(model.head_logits(params, zs[-1], values["t1"])), zs, info
 
     return jax.jit(rows)

@@ -25,6 +25,11 @@ class TorchBackend(Backend):
 
         return odeint(func, y0, t, args, config, count_backward=count_backward)
 
+    def odeint_rows(self, func, y0, t, args, config):
+        from .solve import odeint_rows
+
+        return odeint_rows(func, y0, t, args, config)
+
     def limit_threads(self, n: int) -> contextlib.AbstractContextManager:
         """``torch.set_num_threads(n)`` inside the block; the previous count after it."""
         return _torch_threads(n)

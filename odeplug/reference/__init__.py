@@ -25,3 +25,8 @@ class ReferenceBackend(Backend):
         from .solve import odeint
 
         return odeint(func, y0, t, args, config, count_backward=count_backward)
+
+    def odeint_rows(self, func, y0, t, args, config):
+        from .solve import odeint_rows
+
+        return odeint_rows(func, y0, t, args, config)

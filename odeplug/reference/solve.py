@@ -590,6 +590,8 @@ def odeint_rows(func: Callable, y0: np.ndarray, t: np.ndarray, args: Any,
     """
     y0 = np.asarray(getval(y0))
     check_initial_state(y0)
+    if y0.ndim != 2:
+        raise ValueError(f"odeint_rows needs states of shape (n, d), got {tuple(y0.shape)}")
     theta, unflatten = flatten_args(args)
     args_val = unflatten(getval(theta))
 

@@ -13,12 +13,9 @@ import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from odeplug_backends.jax import _compat  # noqa: E402
-from odeplug_backends.jax.solve import (  # noqa: E402
-    _SOLVERS,
-    _controller,
-    _Norm,
-    split_config,
-)
+from odeplug_backends.jax._controller import Norm, controller  # noqa: E402
+from odeplug_backends.jax._layout import split_config  # noqa: E402
+from odeplug_backends.jax._solver import SOLVERS  # noqa: E402
 
 from odeplug._solver_options import make_solve_config  # noqa: E402
 
@@ -33,11 +30,11 @@ def test_checked_against_the_installed_diffrax():
     assert diffrax.__version__ == _compat.CHECKED_DIFFRAX_VERSION
 
 
-@pytest.mark.parametrize("solver", sorted(_SOLVERS))
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
 def test_fsal_solver_state_is_first_step_flag_and_f0(solver):
     """diffrax 0.7.2: an FSAL Runge-Kutta solver's state is ``(first_step, f0)``, a bool
     scalar and a pytree like ``y0``; ``primed_fsal_state`` builds the same structure."""
-    method = _SOLVERS[solver]
+    method = SOLVERS[solver]
     assert method.tableau.fsal  # every odeplug solver is FSAL in diffrax (see solve.py)
     term = diffrax.ODETerm(lambda t, y, args: -y)
     y0 = jnp.ones((2, 3))
@@ -61,9 +58,9 @@ def _count_solve(solver_state, **kwargs):
     static, values = split_config(make_solve_config(rtol=1e-9, atol=1e-11))
     y0 = jnp.array([1.0, 2.0])
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), _SOLVERS["dopri5"], t0=0.0, t1=1.0, dt0=1.0, y0=y0,
+        diffrax.ODETerm(field), SOLVERS["dopri5"], t0=0.0, t1=1.0, dt0=1.0, y0=y0,
         saveat=diffrax.SaveAt(ts=jnp.linspace(0.0, 1.0, 5)),
-        stepsize_controller=_controller(static, values.rtol, values.atol, _Norm()),
+        stepsize_controller=controller(static, values.rtol, values.atol, Norm()),
         solver_state=solver_state(field, y0), **kwargs)
     jax.effects_barrier()
     return sol.ys, int(sol.stats["num_steps"]), int(sol.stats["num_rejected_steps"]), len(calls)

@@ -255,11 +255,11 @@ def test_solvers_are_odeplugs_tableaus_in_diffrax(solver):
     """Each solver is a diffrax.AbstractERK whose tableau is odeplug's (plus, when the
     method lacks one, the first-same-as-last stage f(t1, y1))."""
     import diffrax
-    from odeplug_backends.jax.solve import _SOLVERS
+    from odeplug_backends.jax._solver import SOLVERS
 
     from odeplug._tableaus import TABLEAUS
 
-    method, tab = _SOLVERS[solver], TABLEAUS[solver]
+    method, tab = SOLVERS[solver], TABLEAUS[solver]
     assert isinstance(method, diffrax.AbstractERK) and method.tableau.fsal
     extra = 0 if tab.fsal else 1
     assert method.tableau.num_stages == tab.n_stages + extra
@@ -384,6 +384,28 @@ def test_static_part_is_a_hashable_key_of_what_changes_the_computation():
     assert (values.rtol, values.atol, values.adjoint_rtol, values.adjoint_atol) == (
         1e-4, 1e-6, 1e-2, 1e-6)
     assert np.isnan(values.step_size) and np.isnan(values.first_step)
+
+
+def test_controller_constants_come_from_the_config_alone():
+    """The PI controller's constants have one home, ``ODESolveConfig``: the engine's
+    static part and its controller take them from there and hold no defaults."""
+    from odeplug_backends.jax._controller import Norm, PIController, controller
+    from odeplug_backends.jax.solve import SolveStatic, split_config
+
+    from odeplug._solver_options import ODESolveConfig, make_solve_config
+
+    names = ("safety", "factormin", "factormax", "pcoeff", "icoeff")
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(SolveStatic))
+    with pytest.raises(TypeError):
+        PIController(rtol=1e-6, atol=1e-8, norm=Norm(), order=5)
+    defaults = ODESolveConfig()
+    made = controller(split_config(make_solve_config())[0], 1e-6, 1e-8, Norm())
+    assert [getattr(made, n) for n in names] == [getattr(defaults, n) for n in names]
+    options = {"safety": 0.8, "factormin": 0.3, "factormax": 5.0, "pcoeff": 0.2,
+               "icoeff": 0.5}
+    made = controller(split_config(make_solve_config(options=options))[0], 1e-6, 1e-8,
+                      Norm())
+    assert {n: getattr(made, n) for n in names} == options
 
 
 def _training_step(problem, config, t=None, argnums=(0, 1)):
@@ -638,11 +660,11 @@ def test_non_finite_vector_jacobian_product_is_a_non_finite_backward_solve():
 
 
 def _rows(y0s, t, config, func=CUBIC.func, args=None):
-    from odeplug_backends.jax.solve import odeint_rows, split_config
+    from odeplug_backends.jax.solve import odeint_rows_traced, split_config
 
     static, values = split_config(config)
     args = jax_args(CUBIC) if args is None else args
-    return jax.jit(lambda y0s, t: odeint_rows(func, y0s, t, args, static, values))(
+    return jax.jit(lambda y0s, t: odeint_rows_traced(func, y0s, t, args, static, values))(
         jnp.asarray(y0s), jnp.asarray(t))
 
 
