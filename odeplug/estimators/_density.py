@@ -13,9 +13,12 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._architectures import conv_cnf_field
 from .._flow_matching import OBJECTIVES, FlowMatching, FlowMatchingSpec
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
 from .._specs import CNFHyper, CNFSpec, CNFTrainingSpec
+from .._user_field import UserField
+from ..layers import Layer
 from ._base import COMMON_CONSTRAINTS, FIELD_CONSTRAINTS, ODEEstimatorBase
 from ._sklearn_compat import Interval, StrOptions
 
@@ -302,6 +305,8 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         random_state=None,
         verbose=0,
         warm_start=False,
+        field="mlp",
+        input_shape=None,
     ):
         self.backend = backend
         self.device = device
@@ -332,6 +337,8 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.field = field
+        self.input_shape = input_shape
 
     _parameter_constraints: dict = {
         **COMMON_CONSTRAINTS,
@@ -342,6 +349,9 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         "objective": [StrOptions(set(OBJECTIVES))],
         "ot_pairing": ["boolean"],
         "sigma_min": [Interval(Real, 0, 1, closed="left")],
+        # A UserField is a Layer: accepted here, refused by fit with its reason.
+        "field": [StrOptions({"mlp", "conv"}), Layer],
+        "input_shape": [None, tuple, list],
     }
 
     # ------------------------------------------------------------------ spec
@@ -356,8 +366,21 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         sizes = (() if isinstance(self.hidden_layer_sizes, (tuple, list))
                  and len(self.hidden_layer_sizes) == 0
                  else self._positive_sizes("hidden_layer_sizes", self.hidden_layer_sizes))
-        return CNFSpec(n_features=n_features, field_hidden=sizes,
-                       field_activation=self.field_activation, dtype=dtype)
+        shape = self._input_shape(n_features)
+        spec = dict(n_features=n_features, field_hidden=sizes,
+                    field_activation=self.field_activation, dtype=dtype)
+        if isinstance(self.field, str) and self.field == "mlp":
+            return CNFSpec(**spec)  # flat rows whatever input_shape says: today's model
+        if isinstance(self.field, str):  # "conv"
+            if shape is None or len(shape) < 2:
+                raise ValueError('field="conv" needs input_shape=(C, L) or (C, H, W), got '
+                                 f"{self.input_shape!r}")
+            return CNFSpec(**spec, input_shape=shape,
+                           field_layer=conv_cnf_field(shape, sizes, self.field_activation))
+        # The layer is the whole field: the sizes do not shape it (a warm start with
+        # other sizes keeps the model).
+        return CNFSpec(**{**spec, "field_hidden": ()}, input_shape=shape,
+                       field_layer=self.field)
 
     def _training_spec(self, spec: CNFSpec) -> CNFTrainingSpec:
         """Maximum likelihood's training choices for the model ``spec``: free to change
@@ -446,6 +469,13 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         X = validate_data(self, X, reset=first_call, dtype=(np.float64, np.float32),
                           ensure_min_samples=2)
         engine = self._engine()
+        if isinstance(self.field, UserField):  # before anything is built or changed
+            raise ValueError(
+                f"CNFDensity does not take a user module as its field (field={self.field!r})"
+                ": the flow's log-density needs tr(df/dz) from the field's per-layer "
+                "Jacobian-vector products, which odeplug.layers provide and a user module "
+                "does not. Write the field with odeplug.layers (Sequential, Conv, Dense, "
+                "ConcatSquash, ...) or use field=\"conv\" with input_shape")
         self._solve_config()  # solver settings, checked before anything is built
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
