@@ -46,11 +46,11 @@ from odeplug import CNFDensity  # noqa: E402
 DOCS = _common.REPO / "docs" / "density.md"
 RESULTS = _common.REPO / "docs" / "bench_conv_cnf.json"
 SEEDS = (0, 1, 2)
-N_SCORED = 60
+N_SCORED = 100
 CNF_SETTINGS = dict(backend="jax", field="conv", input_shape=(1, 8, 8),
                     hidden_layer_sizes=(32,), field_activation="tanh",
                     objective="flow_matching", batch_size=128)
-CNF_EPOCHS = 60
+CNF_EPOCHS = 400
 GMM_COMPONENTS = (1, 2, 3, 4, 5, 6, 8, 10)
 KDE_BANDWIDTHS = np.logspace(-0.6, 0.2, 9)
 
