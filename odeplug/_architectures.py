@@ -5,6 +5,11 @@ torchdiffeq's ``odenet_mnist.py``): a convolutional stem that downsamples large
 inputs, an ODE block whose field is ``GroupNorm, act, ConcatTime(Conv 3), GroupNorm,
 act, ConcatTime(Conv 3), GroupNorm``, then ``GroupNorm, act``, global average pooling
 and a linear head.
+
+``field="conv"`` of ``CNFDensity`` is FFJORD's image field (Grathwohl et al. 2019, and
+its ``ODEnet`` of ``concatsquash`` convolutions): 3-wide convolutions with padding,
+each time-conditioned by concat-squash, ``field_activation`` between them, no
+normalisation.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 
 from .layers import (
     Activation,
+    ConcatSquash,
     ConcatTime,
     Conv,
     Dense,
@@ -22,7 +28,7 @@ from .layers import (
     Sequential,
 )
 
-__all__ = ["conv_odenet", "group_count", "image_odenet_ends"]
+__all__ = ["conv_cnf_field", "conv_odenet", "group_count", "image_odenet_ends"]
 
 # The stem halves the input with stride-2 convolutions while its largest spatial axis
 # exceeds this: MNIST's 28 x 28 gets the paper's two, 8 x 8 digits none.
@@ -80,3 +86,25 @@ def conv_odenet(input_shape: tuple[int, ...], width: int, hidden: tuple[int, ...
         current = out
     field.append(GroupNorm(group_count(channels)))
     return embed, Sequential(field), head
+
+
+def conv_cnf_field(input_shape: tuple[int, ...], hidden: tuple[int, ...],
+                   activation: str) -> Layer:
+    """The convolutional field of a CNF on rows of ``input_shape`` ``(C, L)`` or ``(C,
+    H, W)``: ``ConcatSquash(Conv 3)`` to each width of ``hidden``, each followed by
+    ``activation``, and one back to the ``C`` channels (FFJORD's ``ODEnet``).
+
+    No normalisation, as FFJORD's flows: a GroupNorm would couple every position of a
+    group in the field's Jacobian and add its tangent work to every evaluation of the
+    trace, and the flow's states start standardised. Padding keeps the spatial shape,
+    as a field must give the state's own shape.
+    """
+    if len(input_shape) not in (2, 3):
+        raise ValueError(f'field="conv" needs input_shape=(C, L) or (C, H, W), got '
+                         f"{input_shape}")
+    kernel = _kernel(3, len(input_shape) - 1)
+    layers: list[Layer] = []
+    for width in hidden:
+        layers += [ConcatSquash(Conv(width, kernel, padding=1)), Activation(activation)]
+    layers.append(ConcatSquash(Conv(input_shape[0], kernel, padding=1)))
+    return Sequential(layers)

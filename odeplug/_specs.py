@@ -366,10 +366,14 @@ class CNFSpec(ModelSpec):
     int_0^t1 tr(df/dz) dt``, the log-density change solved in the same augmented state
     ``[z, int tr]``. Sampling solves from ``t1`` back to 0.
 
-    The field ``f`` is an MLP of ``[z, t]`` (the ODE-Net's field, the same canonical
-    names): hidden layers of widths ``field_hidden`` with ``field_activation``, then a
-    linear layer back to the state. Parameters ``field.{i}.weight`` ``(fan_in,
-    fan_out)`` and ``field.{i}.bias`` for each layer ``i``.
+    The field ``f``: without ``field_layer`` (None), an MLP of ``[z, t]`` (the
+    ODE-Net's field, the same canonical names): hidden layers of widths
+    ``field_hidden`` with ``field_activation``, then a linear layer back to the state.
+    Parameters ``field.{i}.weight`` ``(fan_in, fan_out)`` and ``field.{i}.bias`` for
+    each layer ``i``. With ``field_layer`` (a layer of :mod:`odeplug.layers`): that
+    layer on states of ``state_shape`` (``input_shape``, or flat rows ``(n_features,)``
+    where it is None), mapping them to their own shape, its parameters under ``field``
+    by the layers' own layouts; its trace comes from its per-layer JVPs.
 
     How it is trained (the trace estimator, RNODE's regularisers) is not part of the
     model: :class:`CNFTrainingSpec` wraps it with those choices. Inference (exact trace,
@@ -388,10 +392,30 @@ class CNFSpec(ModelSpec):
     field_hidden: tuple[int, ...]
     field_activation: str
     dtype: str = "float32"
+    # Added with the layer fields (files written before hold neither: the MLP, flat).
+    input_shape: tuple[int, ...] | None = None
+    field_layer: Any = None
+
+    def __post_init__(self):
+        if self.input_shape is not None and math.prod(self.input_shape) != self.n_features:
+            raise ValueError(f"input_shape {self.input_shape} has "
+                             f"{math.prod(self.input_shape)} entries for rows of "
+                             f"{self.n_features} features")
+        if self.field_layer is not None:
+            state = self.state_shape
+            out = self.field_layer.output_shape(state)
+            if tuple(out) != state:
+                raise ValueError(f"the field maps states of shape {state} to {tuple(out)}: "
+                                 "a flow's field must give the state's own shape")
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The shape of a state row as the field's layers see it."""
+        return tuple(self.input_shape) if self.input_shape is not None else (self.n_features,)
 
     @property
     def field_sizes(self) -> tuple[int, ...]:
-        """Widths of the field's layers, input (state and time) to output."""
+        """Widths of the MLP field's layers, input (state and time) to output."""
         return (self.n_features + 1, *self.field_hidden, self.n_features)
 
     @property
@@ -399,6 +423,8 @@ class CNFSpec(ModelSpec):
         return len(self.field_sizes) - 1
 
     def param_table(self) -> dict[str, Param]:
+        if self.field_layer is not None:
+            return self.field_layer.param_table(self.state_shape, "field")
         return mlp_params("field", self.field_sizes,
                           factor=glorot_factor(self.field_activation))
 

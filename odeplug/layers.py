@@ -72,6 +72,7 @@ __all__ = [
     "Ops",
     "Sequential",
     "as_field",
+    "as_trace_field",
 ]
 
 Shape = tuple[int, ...]
@@ -91,6 +92,7 @@ class Ops(Protocol):
     def mean(self, x, axes: tuple[int, ...]): ...
     def reshape(self, x, shape: tuple[int, ...]): ...
     def zeros(self, shape: tuple[int, ...], like): ...
+    def eye(self, n: int, like): ...
     def time_column(self, t, n: int, like): ...
     def sqrt(self, x): ...
     def sigmoid(self, x): ...
@@ -531,3 +533,21 @@ def as_field(layer: Layer, prefix: str, state_shape: Shape, ops: Ops, *,
         return ops.reshape(y, (n, flat)), ops.reshape(dy, (n, k, flat))
 
     return field_jvp if tangents else field
+
+
+def as_trace_field(layer: Layer, prefix: str, state_shape: Shape, ops: Ops) -> Any:
+    """``f(t, z, tangents, params) -> (f, jvp)`` on flat states, the form of the
+    engines' ``mlp_field_jvp`` that a CNF's trace takes: with ``tangents`` of shape
+    ``(n, k, d)``, ``jvp[:, j] = (df/dz) tangents[:, j]``; with ``tangents=None``, the
+    whole Jacobian ``jvp[:, j] = df/dz_j`` (the identity's ``d`` tangents pushed through
+    every layer: the exact trace, ``d`` times the tangent work of Hutchinson's one
+    probe)."""
+    field_jvp = as_field(layer, prefix, state_shape, ops, tangents=True)
+    d = math.prod(state_shape)
+
+    def field(t, z, tangents, params):
+        if tangents is None:
+            tangents = ops.eye(d, z)[None] + ops.zeros((z.shape[0], d, d), z)
+        return field_jvp(t, z, tangents, params)
+
+    return field

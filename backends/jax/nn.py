@@ -204,6 +204,10 @@ class LayerOps:
         return jnp.zeros(shape, like.dtype)
 
     @staticmethod
+    def eye(n: int, like: jax.Array) -> jax.Array:
+        return jnp.eye(n, dtype=like.dtype)
+
+    @staticmethod
     def time_column(t, n: int, like: jax.Array) -> jax.Array:
         t = jnp.asarray(t, like.dtype)
         return jnp.broadcast_to(jnp.reshape(t, (-1, 1)) if t.ndim else t, (n, 1))

@@ -17,12 +17,23 @@ import torch
 from odeplug._constant import Constant
 from odeplug._protocols import INFERENCE_DTYPE, empty_row_stats
 from odeplug._specs import CNFHyper, CNFSpec, CNFTrainingSpec, cnf_training
+from odeplug.layers import as_field, as_trace_field
 
-from .nn import mlp_field, mlp_field_jvp
+from .nn import LAYER_OPS, mlp_field, mlp_field_jvp
 from .programs import adam, l2_penalty, set_adam_hyper, tensor, view
 from .solve import odeint, odeint_rows
 
-__all__ = ["CNFProgram", "augmented_field", "log_normal"]
+__all__ = ["CNFProgram", "augmented_field", "field_functions", "log_normal"]
+
+
+def field_functions(spec: CNFSpec):
+    """``(field, field_jvp)``; see ``odeplug.reference.cnf.field_functions``."""
+    if spec.field_layer is None:
+        n, act = spec.n_field_layers, spec.field_activation
+        return mlp_field("field", n, act), mlp_field_jvp("field", n, act)
+    layer, shape = spec.field_layer, spec.state_shape
+    return (as_field(layer, "field", shape, LAYER_OPS),
+            as_trace_field(layer, "field", shape, LAYER_OPS))
 
 
 def augmented_field(field_jvp, n_features: int, regularize: bool):
@@ -67,12 +78,11 @@ class CNFProgram:
         self.np_dtype = np.dtype(spec.dtype)
         self.names = tuple(spec.param_shapes())
         self.penalized = spec.penalized_names()
-        n, act, d = spec.n_field_layers, spec.field_activation, spec.n_features
-        self.dynamics = augmented_field(mlp_field_jvp("field", n, act), d,
-                                        self.training.regularize)
-        self.inference_dynamics = augmented_field(mlp_field_jvp("field", n, act), d, False)
+        d = spec.n_features
         # The vector field f(t, z, params) itself (flow matching regresses it).
-        self.field = mlp_field("field", n, act)
+        self.field, field_jvp = field_functions(spec)
+        self.dynamics = augmented_field(field_jvp, d, self.training.regularize)
+        self.inference_dynamics = augmented_field(field_jvp, d, False)
         self._checked = False
 
     def velocity(self, params: dict, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

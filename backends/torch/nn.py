@@ -167,6 +167,10 @@ class LayerOps:
         return like.new_zeros(shape)
 
     @staticmethod
+    def eye(n: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.eye(n, dtype=like.dtype, device=like.device)
+
+    @staticmethod
     def time_column(t, n: int, like: torch.Tensor) -> torch.Tensor:
         # ``expand`` keeps ``t`` on the device: no host synchronisation per evaluation.
         t = (t.to(like.dtype) if isinstance(t, torch.Tensor)

@@ -114,6 +114,16 @@ class ODEEstimatorBase(BaseEstimator):
             raise ValueError(f"{name} must be positive ints, got {given!r}")
         return tuple(int(s) for s in sizes)
 
+    def _input_shape(self, n_features: int) -> tuple[int, ...] | None:
+        """``input_shape`` checked against the rows of ``X`` (None: flat rows)."""
+        if self.input_shape is None:
+            return None
+        shape = self._positive_sizes("input_shape", self.input_shape)
+        if int(np.prod(shape)) != n_features:
+            raise ValueError(f"input_shape {shape} has {int(np.prod(shape))} entries, but "
+                             f"X has {n_features} features")
+        return shape
+
     def _solve_config(self) -> ODESolveConfig:
         """Solver settings, read anew at every call (so set_params(rtol=...) after fit
         changes inference)."""

@@ -261,15 +261,6 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
 
     # ------------------------------------------------------------------ spec
 
-    def _input_shape(self, n_features: int) -> tuple[int, ...] | None:
-        if self.input_shape is None:
-            return None
-        shape = self._positive_sizes("input_shape", self.input_shape)
-        if int(np.prod(shape)) != n_features:
-            raise ValueError(f"input_shape {shape} has {int(np.prod(shape))} entries, but "
-                             f"X has {n_features} features")
-        return shape
-
     def _spec_of(self, n_features: int, n_classes: int, dtype: str) -> ODENetSpec:
         sizes = self._positive_sizes("hidden_layer_sizes", self.hidden_layer_sizes)
         shape = self._input_shape(n_features)

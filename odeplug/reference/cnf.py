@@ -21,11 +21,26 @@ from .._constant import Constant
 from .._protocols import INFERENCE_DTYPE, empty_row_stats
 from .._solver_options import ODEStats
 from .._specs import CNFHyper, CNFSpec, CNFTrainingSpec, cnf_training
-from .nn import mlp_field, mlp_field_jvp
+from ..layers import as_field, as_trace_field
+from .nn import INFERENCE_OPS, LAYER_OPS, mlp_field, mlp_field_jvp
 from .programs import Adam, l2_penalty
 from .solve import odeint, odeint_rows
 
-__all__ = ["CNFProgram", "augmented_field", "log_normal"]
+__all__ = ["CNFProgram", "augmented_field", "field_functions", "log_normal"]
+
+
+def field_functions(spec: CNFSpec, inference: bool = False):
+    """``(field, field_jvp)`` of the spec's field: the MLP's own forward mode, or a
+    layer field's per-layer JVPs (:func:`odeplug.layers.as_trace_field`). Inference:
+    plain NumPy."""
+    if spec.field_layer is None:
+        n, act = spec.n_field_layers, spec.field_activation
+        xp = np if inference else anp
+        return mlp_field("field", n, act, xp=xp), mlp_field_jvp("field", n, act, xp=xp)
+    ops = INFERENCE_OPS if inference else LAYER_OPS
+    layer, shape = spec.field_layer, spec.state_shape
+    return (as_field(layer, "field", shape, ops),
+            as_trace_field(layer, "field", shape, ops))
 
 
 def augmented_field(field_jvp, n_features: int, regularize: bool, xp=anp):
@@ -68,14 +83,12 @@ class CNFProgram:
     def __init__(self, spec: CNFSpec | CNFTrainingSpec):
         self.training = cnf_training(spec)
         self.spec = spec = self.training.cnf
-        n, act, d = spec.n_field_layers, spec.field_activation, spec.n_features
-        self.dynamics = augmented_field(mlp_field_jvp("field", n, act), d,
-                                        self.training.regularize)
-        self.inference_dynamics = augmented_field(mlp_field_jvp("field", n, act, xp=np), d,
-                                                  False, xp=np)
+        d = spec.n_features
         # The vector field f(t, z, params) itself (flow matching regresses it).
-        self.field = mlp_field("field", n, act)
-        self.inference_field = mlp_field("field", n, act, xp=np)
+        self.field, field_jvp = field_functions(spec)
+        self.inference_field, inference_jvp = field_functions(spec, inference=True)
+        self.dynamics = augmented_field(field_jvp, d, self.training.regularize)
+        self.inference_dynamics = augmented_field(inference_jvp, d, False, xp=np)
         self.dtype = np.dtype(spec.dtype)
         self.penalized = spec.penalized_names()
 

@@ -170,6 +170,9 @@ class LayerOps:
     def zeros(self, shape, like):
         return np.zeros(shape, dtype=like.dtype)
 
+    def eye(self, n: int, like):
+        return np.eye(n, dtype=like.dtype)
+
     def time_column(self, t, n: int, like):
         t = self.xp.reshape(t, (-1, 1)) if np.ndim(t) else t
         return self.xp.zeros((n, 1), dtype=like.dtype) + t
