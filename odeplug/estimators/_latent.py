@@ -3,6 +3,7 @@ sampled series, as a scikit-learn regressor."""
 
 from __future__ import annotations
 
+import contextlib
 from numbers import Integral, Real
 
 import numpy as np
@@ -14,7 +15,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .._series import row_grids
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
 from .._specs import ACTIVATIONS, ENCODERS, LatentHyper, LatentODESpec
+from .._user_field import UserField
 from .._validation import real_array
+from ..layers import Layer
 from ._base import COMMON_CONSTRAINTS, ODEEstimatorBase
 from ._sklearn_compat import Interval, StrOptions
 
@@ -140,7 +143,8 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         Width of the GRU's state, then the hidden layers of the ``"ode_rnn"`` encoder's
         ODE (unused by ``"rnn"``; none: a linear field).
     field_hidden_sizes : tuple of int, default=(20, 20)
-        Hidden layers of the latent vector field ``f``.
+        Hidden layers of the latent vector field ``f`` when ``field="mlp"`` (unused
+        otherwise).
     decoder_hidden_sizes : tuple of int, default=(20,)
         Hidden layers of the decoder (none: linear).
     activation : {"tanh", "softplus", "relu", "logistic", "identity"}, default="tanh"
@@ -185,6 +189,21 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         the validation split, on every engine.
     verbose : int, default=0
     warm_start : bool, default=False
+    field : "mlp", odeplug.layers.Layer or odeplug.UserField, default="mlp"
+        The latent vector field ``f``. "mlp": an MLP of ``z`` alone (autonomous), hidden
+        layers ``field_hidden_sizes`` with ``activation``, a linear last layer. A layer
+        of :mod:`odeplug.layers` mapping latent vectors ``(latent_dim,)`` to themselves,
+        for instance ``Sequential([ConcatSquash(Dense(32, activation="tanh")),
+        Dense(latent_dim)])`` (FFJORD's time conditioning): its parameters under
+        ``field.`` by the layer's own layout; it sees the time measured from the series'
+        first observation. ``odeplug.UserField(cls, **kwargs)``: the user's own module
+        maps ``(t, z)`` to ``dz/dt`` on latent states ``(n, latent_dim)``, a
+        ``torch.nn.Module`` with torchdiffeq's ``forward(t, y)`` (the torch engine only)
+        or an ``equinox.Module`` with diffrax's ``__call__(t, y, args)`` on one row (the
+        jax engine only); any other engine is refused before anything changes, and
+        ``odeplug.load(path, field=...)`` takes it back (see ``ODEClassifier``'s
+        ``field``). Strings and layers are valid grid values: ``{"field": ["mlp",
+        layer]}``. The encoder and decoder stay odeplug's.
 
     Attributes
     ----------
@@ -265,6 +284,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         random_state=None,
         verbose=0,
         warm_start=False,
+        field="mlp",
     ):
         self.backend = backend
         self.device = device
@@ -296,6 +316,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.field = field
 
     _parameter_constraints: dict = {
         **{k: v for k, v in COMMON_CONSTRAINTS.items() if k != "t1"},
@@ -309,6 +330,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         "activation": [StrOptions(set(ACTIVATIONS))],
         "noise_std": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
         "kl_annealing": [Interval(Integral, 0, None, closed="left")],
+        "field": [StrOptions({"mlp"}), Layer, UserField],
     }
 
     def __sklearn_tags__(self):
@@ -341,7 +363,21 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
                                      allow_empty=True),
             decoder_hidden=self._sizes("decoder_hidden_sizes", self.decoder_hidden_sizes,
                                        allow_empty=True),
-            activation=self.activation, fit_noise=self.noise_std == "auto", dtype=dtype)
+            activation=self.activation, fit_noise=self.noise_std == "auto", dtype=dtype,
+            field_layer=None if isinstance(self.field, str) else self.field)
+
+    @staticmethod
+    def _check_field_engine(field, engine) -> None:
+        """A user module runs on its own engine only: refused on any other, before
+        anything is built or changed (fit) or computed (inference)."""
+        if isinstance(field, UserField):
+            field.check_engine(engine.name)
+
+    @contextlib.contextmanager
+    def _running(self):
+        with super()._running() as engine:
+            self._check_field_engine(self._spec.field_layer, engine)
+            yield engine
 
     def _hyper(self, **values) -> LatentHyper:
         noise = 1.0 if self.noise_std == "auto" else float(self.noise_std)
@@ -567,6 +603,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         y = self._check_y(y, series, offsets)
 
         engine = self._engine()
+        self._check_field_engine(self.field, engine)
         self._solve_config()
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
