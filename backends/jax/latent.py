@@ -330,8 +330,8 @@ class LatentProgram(ParamsProgram):
             return np.asarray(jax.device_get(out))
 
     def trajectory(self, params, z0, times, hyper: LatentHyper):
-        """Latent states ``(n, T, L)`` at per-series grids ``times`` (from 0, increasing,
-        NaN-padded), each series with its own steps."""
+        """Latent states ``(n, T, L)`` at per-series grids ``times`` (from 0, increasing
+        or decreasing, NaN-padded), each series with its own steps."""
         arrays, solve, traced = self._inference(params, hyper)
         z0 = np.asarray(z0, INFERENCE_DTYPE)
         times = np.asarray(times, INFERENCE_DTYPE)

@@ -204,8 +204,8 @@ class LatentProgram:
             return out.detach().cpu().numpy()
 
     def trajectory(self, params, z0, times, hyper: LatentHyper):
-        """Latent states ``(n, T, L)`` at per-series grids ``times`` (from 0, increasing,
-        NaN-padded), each series with its own steps."""
+        """Latent states ``(n, T, L)`` at per-series grids ``times`` (from 0, increasing
+        or decreasing, NaN-padded), each series with its own steps."""
         check_model_rows(z0, times)
         with torch.inference_mode():
             tensors = self._inference_params(params)

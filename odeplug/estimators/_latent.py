@@ -48,9 +48,9 @@ def _ndim(a) -> int:
 
 def _check_spans(spans: np.ndarray, name: str) -> None:
     """Refuse times (``name``) that span :data:`MAX_TIME_SPAN` or more from a series'
-    first observation."""
+    first observation (before or after it)."""
     with np.errstate(invalid="ignore"):
-        longest = np.nanmax(spans, initial=0.0)
+        longest = np.nanmax(np.abs(spans), initial=0.0)
     if not longest < MAX_TIME_SPAN:
         raise ValueError(
             f"{name} span {longest:.3g} from a series' first observation; the latent ODE "
@@ -233,8 +233,15 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
     Notes
     -----
     Every series is solved with its own steps at prediction, so a prediction does not
-    depend on the other series of ``X``. Targets must not precede a series' first
-    observation (the latent state starts there).
+    depend on the other series of ``X``.
+
+    ``z0`` sits at each series' first observation. Predictions at earlier times (the
+    state at ``t = 0`` of a series first observed at 0.55, say) solve the latent ODE
+    backwards from ``z0``, the posterior draws of ``return_std`` too: the fitted model
+    is unchanged, where anchoring ``z0`` at a common start time would make it mean
+    another time for every data set. Such times extrapolate the dynamics fitted on the
+    observed windows into the past. ``fit``'s targets must be at or after each series'
+    first observation.
 
     Examples
     --------
@@ -463,9 +470,11 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         return grid
 
     def _target_offsets(self, series: _Series, target_times, n_targets: int | None,
-                        name: str = "target_times"):
+                        name: str = "target_times", *, before_first: bool = True):
         """Target times from each series' first observation ``(n, K)`` (NaN: none);
-        ``name``: the argument they come from, for the errors."""
+        ``name``: the argument they come from, for the errors; ``before_first``: times
+        before a series' first observation are answered (inference), else refused
+        (fit: see :meth:`_decoded_at`)."""
         given = target_times if target_times is not None else self.target_times
         if given is None:
             k = 1 if n_targets is None else n_targets
@@ -484,12 +493,16 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
                 raise ValueError(f"{name} must be finite or NaN (no target)")
         offsets = times - series.t0[:, None]
         _check_spans(offsets, name if given is not None else "the default target times")
+        if before_first:
+            return offsets
         with np.errstate(invalid="ignore"):
             early = offsets < 0
         if early.any():
             row = int(np.flatnonzero(early.any(axis=1))[0])
-            raise ValueError(f"a target time of series {row} precedes its first observation "
-                             f"(t={series.t0[row]:.6g}): the latent state starts there")
+            raise ValueError(
+                f"a target time of series {row} precedes its first observation "
+                f"(t={series.t0[row]:.6g}): fit trains on targets at or after it (z0 sits "
+                "there); predict, predict_trajectory and score answer earlier times")
         return offsets
 
     def _check_y(self, y, series: _Series, offsets: np.ndarray, purpose: str = "fit"
@@ -524,8 +537,8 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         if target_times is None and self.target_times is None:
             y_arr = np.asarray(y) if y is not None else None
             k = 1 if y_arr is None or y_arr.ndim < 2 else y_arr.shape[1]
-            return self._target_offsets(series, None, k)
-        return self._target_offsets(series, target_times, None)
+            return self._target_offsets(series, None, k, before_first=False)
+        return self._target_offsets(series, target_times, None, before_first=False)
 
     # ------------------------------------------------------------------- fit
 
@@ -681,10 +694,34 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         return mean, log_var
 
     def _decoded_at(self, program, hyper, z0, offsets):
-        """Decoded trajectories ``(n, K, C)`` of ``z0`` at ``offsets`` ``(n, K)``."""
-        grids, index = row_grids(offsets)
+        """Decoded trajectories ``(n, K, C)`` of ``z0`` at ``offsets`` ``(n, K)``, of
+        any sign: times before a series' first observation are solved backwards.
+
+        Why backwards from z0 rather than z0 anchored at a common start time (the
+        paper's choice): z0 sits at each series' first observation, where the encoder
+        (which reads the series backwards in time) has seen every observation and
+        where training put it, so the fitted model and its training are unchanged; an
+        ODE's flow runs both ways, so the state at an earlier time is the solution of
+        the same field from z0 over a decreasing grid (every engine's row solvers take
+        one). A common anchor would instead make z0 mean another time for every data
+        set (its earliest observation, or an arbitrary origin of the times) and retrain
+        every model. Posterior draws of z0 are carried back the same way, so
+        ``return_std`` widens where the dynamics spread them (a damped system's past).
+        The cost: the past is extrapolated with dynamics fitted on the observed
+        window and after it.
+        """
+        with np.errstate(invalid="ignore"):
+            before = offsets < 0
+        grids, index = row_grids(np.where(before, np.nan, offsets))
         zs, _ = program.trajectory(self.params_, z0, grids, hyper)
         z = np.take_along_axis(zs, index[..., None], axis=1)
+        rows = np.flatnonzero(before.any(axis=1))
+        if rows.size:  # each series' own decreasing grid, from 0 to its earliest time
+            early = before[rows]
+            grids, index = row_grids(np.where(early, -offsets[rows], np.nan))
+            zs, _ = program.trajectory(self.params_, z0[rows], -grids, hyper)
+            back = np.take_along_axis(zs, index[..., None], axis=1)
+            z[rows] = np.where(early[..., None], back, z[rows])
         out = program.decode(self.params_, z, hyper)
         return np.where(np.isnan(offsets)[..., None], np.nan, out)
 
@@ -737,7 +774,8 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         target_times : array-like of shape (n_targets,) or (n_series, n_targets), \
 default=None
             Default: the ``target_times`` parameter, else the fit's number of steps after
-            the last observation time.
+            the last observation time. Times before a series' first observation are
+            answered by solving the latent ODE backwards from ``z0``.
 
         Returns
         -------
@@ -775,7 +813,8 @@ default=None
         ----------
         X : array-like of shape (n_series, n_times[, n_channels])
         eval_times : array-like of shape (n_eval,)
-            Times at or after each series' first observation.
+            Any times: before a series' first observation (where ``z0`` sits), the
+            latent ODE is solved backwards from ``z0``.
         return_std : bool, default=False
         times : array-like of shape (n_series, n_times), default=None
 

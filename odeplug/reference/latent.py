@@ -232,7 +232,8 @@ class LatentProgram:
     def trajectory(self, params, z0, times, hyper: LatentHyper
                    ) -> tuple[np.ndarray, RowStats]:
         """Latent states ``(n, T, L)`` at per-series grids ``times`` ``(n, T)`` (from 0,
-        increasing, NaN-padded), each series with its own steps."""
+        increasing or decreasing: the past of ``z0``, NaN-padded), each series with its
+        own steps."""
         params = self._inference_params(params)
         z0 = np.asarray(z0, INFERENCE_DTYPE)
         check_model_rows(z0, times)
