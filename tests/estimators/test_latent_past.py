@@ -144,9 +144,11 @@ def test_the_state_at_t0_of_a_damped_pendulum_first_observed_later(engine, pendu
     first_value = np.sqrt(np.mean((X_test[:, 0] - truth) ** 2))
     slope = (X_test[:, 1] - X_test[:, 0]) / (times_test[:, 1:2] - times_test[:, :1])
     line = np.sqrt(np.mean((X_test[:, 0] - times_test[:, :1] * slope - truth) ** 2))
+    coverage = np.mean(np.abs(mean - truth) <= 2 * std)
+    print(f"{engine.name}: RMSE at t = 0 {rmse:.3f}, first value {first_value:.3f}, line "
+          f"{line:.3f}, coverage {coverage:.2f}")  # the numbers of docs/latent.md (-rA)
     assert first_value > 1.0 and line > 1.0  # the past is far from the first value
     assert rmse < 0.3 * min(first_value, line), (rmse, first_value, line)
-    coverage = np.mean(np.abs(mean - truth) <= 2 * std)
     assert 0.75 <= coverage <= 1.0, coverage
     # The deviation at t = 0 exceeds the one at the first observation (the past of a
     # damped system spreads the posterior draws).
