@@ -116,5 +116,6 @@ class LatentProgram(TrainingProgram, Protocol):
 
     def trajectory(self, params: Params, z0: np.ndarray, times: np.ndarray, hyper: Any
                    ) -> tuple[np.ndarray, RowStats]:
-        """Latent states at per-series times ``(n, T)`` (NaN-padded), each series solved
-        with its own steps: shape ``(n, T, latent_dim)``."""
+        """Latent states at per-series times ``(n, T)`` (from 0, strictly increasing or
+        strictly decreasing, NaN-padded), each series solved with its own steps: shape
+        ``(n, T, latent_dim)``."""

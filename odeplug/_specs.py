@@ -505,15 +505,19 @@ class LatentODESpec(ModelSpec):
     RNN); for ``"ode_rnn"`` (Rubanova et al. 2019) the hidden state also follows
     ``dh/dt = encoder_field(h)`` between observations. ``encoder.head`` maps the last
     hidden state to the mean and log-variance of ``z0`` (``latent_dim`` each).
-    Latent dynamics: ``dz/dt = field(z)``, an MLP (autonomous: the time origin of a
-    series is its first observation). Decoder: an MLP from ``z`` to the
-    ``n_channels`` observations. Likelihood: Gaussian, of standard deviation
+    Latent dynamics: ``dz/dt = field(t, z)``, ``field_layer`` (a layer of
+    :mod:`odeplug.layers` or an :class:`odeplug.UserField` mapping latent vectors
+    ``(latent_dim,)`` to themselves; ``t`` measured from the series' first
+    observation), or, where None, an MLP of ``z`` alone (autonomous) with hidden layers
+    ``field_hidden`` and ``activation``, a linear last layer. Decoder: an MLP from ``z``
+    to the ``n_channels`` observations. Likelihood: Gaussian, of standard deviation
     ``exp(likelihood.log_std)`` per channel when ``fit_noise``, else the fixed
     ``LatentHyper.noise_std``.
 
     Parameter names: ``encoder.gru.{weight_ih, weight_hh, bias_ih, bias_hh}``,
     ``encoder.field.{i}.{weight, bias}`` (``"ode_rnn"`` only), ``encoder.head.{weight,
-    bias}``, ``field.{i}.{weight, bias}``, ``decoder.{i}.{weight, bias}``,
+    bias}``, ``field.{i}.{weight, bias}`` (the MLP field; a given layer names its
+    parameters under ``field`` by its own layout), ``decoder.{i}.{weight, bias}``,
     ``likelihood.log_std`` (``fit_noise`` only).
     """
 
@@ -530,6 +534,29 @@ class LatentODESpec(ModelSpec):
     activation: str
     fit_noise: bool
     dtype: str = "float32"
+    field_layer: Any = None
+
+    def __post_init__(self):
+        out = self.field().output_shape(self.state_shape)
+        if out != self.state_shape:
+            raise ValueError(f"the field maps latent states of shape {self.state_shape} to "
+                             f"{out}: an ODE's field must give the state's own shape")
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The latent ODE's state per series: ``(latent_dim,)``."""
+        return (self.latent_dim,)
+
+    def field(self) -> Any:
+        """The latent field as a layer: ``field_layer``, else the MLP of ``z`` (the same
+        parameter names and draws as ``mlp_params("field", field_sizes)``)."""
+        if self.field_layer is not None:
+            return self.field_layer
+        from .layers import Dense, Sequential
+
+        factor = glorot_factor(self.activation)
+        hidden = [Dense(h, self.activation, factor) for h in self.field_hidden]
+        return Sequential([*hidden, Dense(self.latent_dim, factor=factor)])
 
     @property
     def gru_inputs(self) -> int:
@@ -555,7 +582,7 @@ class LatentODESpec(ModelSpec):
             table.update(mlp_params("encoder.field", self.encoder_field_sizes, factor=factor))
         table.update(dense_params("encoder.head", self.encoder_hidden, 2 * self.latent_dim,
                                   factor=factor))
-        table.update(mlp_params("field", self.field_sizes, factor=factor))
+        table.update(self.field().param_table(self.state_shape, "field"))
         table.update(mlp_params("decoder", self.decoder_sizes, factor=factor))
         if self.fit_noise:
             table["likelihood.log_std"] = Param((self.n_channels,), Zeros())

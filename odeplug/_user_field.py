@@ -301,8 +301,9 @@ def _output_shape(field: UserField, in_shape: tuple[int, ...]) -> tuple[int, ...
         batch = "(1, *state)" if field.framework == "torch" else "one row"
         raise ValueError(
             f"field={field!r} fails on the ODE state of shape {in_shape} ({batch}): "
-            f"{type(error).__name__}: {error}. The module maps the state (width "
-            "hidden_layer_sizes[0] + augment_dim for flat rows) to its derivative") from error
+            f"{type(error).__name__}: {error}. The module maps the state (ODEClassifier: "
+            "width hidden_layer_sizes[0] + augment_dim for flat rows; LatentODERegressor: "
+            "latent_dim) to its derivative") from error
 
 
 # functional_call swaps the given tensors into the module for the call's duration:

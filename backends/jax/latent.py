@@ -23,8 +23,9 @@ import numpy as np
 from odeplug._protocols import INFERENCE_DTYPE, empty_row_stats
 from odeplug._series import encoder_gaps, union_grid
 from odeplug._specs import LatentHyper, LatentODESpec
+from odeplug.layers import as_field
 
-from .nn import dense, gru_cell, mlp
+from .nn import LAYER_OPS, dense, gru_cell, mlp
 from .programs import (
     TRACE_COUNTS,
     ParamsProgram,
@@ -80,19 +81,16 @@ class _Latent:
         self.spec = spec
         hidden, activation = spec.encoder_hidden, spec.activation
         n_encoder = len(spec.encoder_field_sizes) - 1
-        self.n_field = len(spec.field_sizes) - 1
         self.n_decoder = len(spec.decoder_sizes) - 1
-        n_field = self.n_field
 
         def encoder_field(t, y, params):
             h, gap = y[:, :hidden], y[:, hidden:]
             dh = gap * mlp(params, "encoder.field", n_encoder, activation, h)
             return jnp.concatenate([dh, jnp.zeros_like(gap)], axis=1)
 
-        def latent_field(t, z, params):
-            return mlp(params, "field", n_field, activation, z)
-
-        self.encoder_field, self.latent_field = encoder_field, latent_field
+        self.encoder_field = encoder_field
+        # The spec's layer (the MLP by default), realised by this engine's LayerOps.
+        self.latent_field = as_field(spec.field(), "field", spec.state_shape, LAYER_OPS)
 
     @staticmethod
     def subset(params: dict, prefix: str) -> dict:
@@ -332,8 +330,8 @@ class LatentProgram(ParamsProgram):
             return np.asarray(jax.device_get(out))
 
     def trajectory(self, params, z0, times, hyper: LatentHyper):
-        """Latent states ``(n, T, L)`` at per-series grids ``times`` (from 0, increasing,
-        NaN-padded), each series with its own steps."""
+        """Latent states ``(n, T, L)`` at per-series grids ``times`` (from 0, increasing
+        or decreasing, NaN-padded), each series with its own steps."""
         arrays, solve, traced = self._inference(params, hyper)
         z0 = np.asarray(z0, INFERENCE_DTYPE)
         times = np.asarray(times, INFERENCE_DTYPE)

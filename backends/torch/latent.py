@@ -17,8 +17,9 @@ from odeplug._protocols import INFERENCE_DTYPE, ROW_COUNTERS
 from odeplug._series import encoder_gaps, union_grid
 from odeplug._specs import LatentHyper, LatentODESpec
 from odeplug._validation import check_model_rows, check_model_state
+from odeplug.layers import as_field
 
-from .nn import dense, gru_cell, mlp
+from .nn import LAYER_OPS, dense, gru_cell, mlp
 from .programs import adam, l2_penalty, set_adam_hyper, tensor, view
 from .solve import odeint, odeint_rows
 
@@ -40,20 +41,18 @@ class LatentProgram:
         self.names = tuple(spec.param_shapes())
         self.penalized = spec.penalized_names()
         self.n_encoder_layers = len(spec.encoder_field_sizes) - 1
-        self.n_field_layers = len(spec.field_sizes) - 1
         self.n_decoder_layers = len(spec.decoder_sizes) - 1
         hidden, activation = spec.encoder_hidden, spec.activation
-        n_encoder, n_field = self.n_encoder_layers, self.n_field_layers
+        n_encoder = self.n_encoder_layers
 
         def encoder_field(t, y, params):
             h, gap = y[:, :hidden], y[:, hidden:]
             dh = gap * mlp(params, "encoder.field", n_encoder, activation, h)
             return torch.cat([dh, torch.zeros_like(gap)], dim=1)
 
-        def latent_field(t, z, params):
-            return mlp(params, "field", n_field, activation, z)
-
-        self.encoder_field, self.latent_field = encoder_field, latent_field
+        self.encoder_field = encoder_field
+        # The spec's layer (the MLP by default), realised by this engine's LayerOps.
+        self.latent_field = as_field(spec.field(), "field", spec.state_shape, LAYER_OPS)
 
     @staticmethod
     def _subset(params: dict, prefix: str) -> dict:
@@ -205,8 +204,8 @@ class LatentProgram:
             return out.detach().cpu().numpy()
 
     def trajectory(self, params, z0, times, hyper: LatentHyper):
-        """Latent states ``(n, T, L)`` at per-series grids ``times`` (from 0, increasing,
-        NaN-padded), each series with its own steps."""
+        """Latent states ``(n, T, L)`` at per-series grids ``times`` (from 0, increasing
+        or decreasing, NaN-padded), each series with its own steps."""
         check_model_rows(z0, times)
         with torch.inference_mode():
             tensors = self._inference_params(params)

@@ -3,6 +3,7 @@ sampled series, as a scikit-learn regressor."""
 
 from __future__ import annotations
 
+import contextlib
 from numbers import Integral, Real
 
 import numpy as np
@@ -14,7 +15,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .._series import row_grids
 from .._solver_options import DEFAULT_MAX_NUM_STEPS
 from .._specs import ACTIVATIONS, ENCODERS, LatentHyper, LatentODESpec
+from .._user_field import UserField
 from .._validation import real_array
+from ..layers import Layer
 from ._base import COMMON_CONSTRAINTS, ODEEstimatorBase
 from ._sklearn_compat import Interval, StrOptions
 
@@ -45,9 +48,9 @@ def _ndim(a) -> int:
 
 def _check_spans(spans: np.ndarray, name: str) -> None:
     """Refuse times (``name``) that span :data:`MAX_TIME_SPAN` or more from a series'
-    first observation."""
+    first observation (before or after it)."""
     with np.errstate(invalid="ignore"):
-        longest = np.nanmax(spans, initial=0.0)
+        longest = np.nanmax(np.abs(spans), initial=0.0)
     if not longest < MAX_TIME_SPAN:
         raise ValueError(
             f"{name} span {longest:.3g} from a series' first observation; the latent ODE "
@@ -140,7 +143,8 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         Width of the GRU's state, then the hidden layers of the ``"ode_rnn"`` encoder's
         ODE (unused by ``"rnn"``; none: a linear field).
     field_hidden_sizes : tuple of int, default=(20, 20)
-        Hidden layers of the latent vector field ``f``.
+        Hidden layers of the latent vector field ``f`` when ``field="mlp"`` (unused
+        otherwise).
     decoder_hidden_sizes : tuple of int, default=(20,)
         Hidden layers of the decoder (none: linear).
     activation : {"tanh", "softplus", "relu", "logistic", "identity"}, default="tanh"
@@ -185,6 +189,21 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         the validation split, on every engine.
     verbose : int, default=0
     warm_start : bool, default=False
+    field : "mlp", odeplug.layers.Layer or odeplug.UserField, default="mlp"
+        The latent vector field ``f``. "mlp": an MLP of ``z`` alone (autonomous), hidden
+        layers ``field_hidden_sizes`` with ``activation``, a linear last layer. A layer
+        of :mod:`odeplug.layers` mapping latent vectors ``(latent_dim,)`` to themselves,
+        for instance ``Sequential([ConcatSquash(Dense(32, activation="tanh")),
+        Dense(latent_dim)])`` (FFJORD's time conditioning): its parameters under
+        ``field.`` by the layer's own layout; it sees the time measured from the series'
+        first observation. ``odeplug.UserField(cls, **kwargs)``: the user's own module
+        maps ``(t, z)`` to ``dz/dt`` on latent states ``(n, latent_dim)``, a
+        ``torch.nn.Module`` with torchdiffeq's ``forward(t, y)`` (the torch engine only)
+        or an ``equinox.Module`` with diffrax's ``__call__(t, y, args)`` on one row (the
+        jax engine only); any other engine is refused before anything changes, and
+        ``odeplug.load(path, field=...)`` takes it back (see ``ODEClassifier``'s
+        ``field``). Strings and layers are valid grid values: ``{"field": ["mlp",
+        layer]}``. The encoder and decoder stay odeplug's.
 
     Attributes
     ----------
@@ -214,8 +233,15 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
     Notes
     -----
     Every series is solved with its own steps at prediction, so a prediction does not
-    depend on the other series of ``X``. Targets must not precede a series' first
-    observation (the latent state starts there).
+    depend on the other series of ``X``.
+
+    ``z0`` sits at each series' first observation. Predictions at earlier times (the
+    state at ``t = 0`` of a series first observed at 0.55, say) solve the latent ODE
+    backwards from ``z0``, the posterior draws of ``return_std`` too: the fitted model
+    is unchanged, where anchoring ``z0`` at a common start time would make it mean
+    another time for every data set. Such times extrapolate the dynamics fitted on the
+    observed windows into the past. ``fit``'s targets must be at or after each series'
+    first observation.
 
     Examples
     --------
@@ -265,6 +291,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         random_state=None,
         verbose=0,
         warm_start=False,
+        field="mlp",
     ):
         self.backend = backend
         self.device = device
@@ -296,6 +323,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.field = field
 
     _parameter_constraints: dict = {
         **{k: v for k, v in COMMON_CONSTRAINTS.items() if k != "t1"},
@@ -309,6 +337,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         "activation": [StrOptions(set(ACTIVATIONS))],
         "noise_std": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
         "kl_annealing": [Interval(Integral, 0, None, closed="left")],
+        "field": [StrOptions({"mlp"}), Layer, UserField],
     }
 
     def __sklearn_tags__(self):
@@ -341,7 +370,21 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
                                      allow_empty=True),
             decoder_hidden=self._sizes("decoder_hidden_sizes", self.decoder_hidden_sizes,
                                        allow_empty=True),
-            activation=self.activation, fit_noise=self.noise_std == "auto", dtype=dtype)
+            activation=self.activation, fit_noise=self.noise_std == "auto", dtype=dtype,
+            field_layer=None if isinstance(self.field, str) else self.field)
+
+    @staticmethod
+    def _check_field_engine(field, engine) -> None:
+        """A user module runs on its own engine only: refused on any other, before
+        anything is built or changed (fit) or computed (inference)."""
+        if isinstance(field, UserField):
+            field.check_engine(engine.name)
+
+    @contextlib.contextmanager
+    def _running(self):
+        with super()._running() as engine:
+            self._check_field_engine(self._spec.field_layer, engine)
+            yield engine
 
     def _hyper(self, **values) -> LatentHyper:
         noise = 1.0 if self.noise_std == "auto" else float(self.noise_std)
@@ -427,9 +470,11 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         return grid
 
     def _target_offsets(self, series: _Series, target_times, n_targets: int | None,
-                        name: str = "target_times"):
+                        name: str = "target_times", *, before_first: bool = True):
         """Target times from each series' first observation ``(n, K)`` (NaN: none);
-        ``name``: the argument they come from, for the errors."""
+        ``name``: the argument they come from, for the errors; ``before_first``: times
+        before a series' first observation are answered (inference), else refused
+        (fit: see :meth:`_decoded_at`)."""
         given = target_times if target_times is not None else self.target_times
         if given is None:
             k = 1 if n_targets is None else n_targets
@@ -448,12 +493,16 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
                 raise ValueError(f"{name} must be finite or NaN (no target)")
         offsets = times - series.t0[:, None]
         _check_spans(offsets, name if given is not None else "the default target times")
+        if before_first:
+            return offsets
         with np.errstate(invalid="ignore"):
             early = offsets < 0
         if early.any():
             row = int(np.flatnonzero(early.any(axis=1))[0])
-            raise ValueError(f"a target time of series {row} precedes its first observation "
-                             f"(t={series.t0[row]:.6g}): the latent state starts there")
+            raise ValueError(
+                f"a target time of series {row} precedes its first observation "
+                f"(t={series.t0[row]:.6g}): fit trains on targets at or after it (z0 sits "
+                "there); predict, predict_trajectory and score answer earlier times")
         return offsets
 
     def _check_y(self, y, series: _Series, offsets: np.ndarray, purpose: str = "fit"
@@ -488,8 +537,8 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         if target_times is None and self.target_times is None:
             y_arr = np.asarray(y) if y is not None else None
             k = 1 if y_arr is None or y_arr.ndim < 2 else y_arr.shape[1]
-            return self._target_offsets(series, None, k)
-        return self._target_offsets(series, target_times, None)
+            return self._target_offsets(series, None, k, before_first=False)
+        return self._target_offsets(series, target_times, None, before_first=False)
 
     # ------------------------------------------------------------------- fit
 
@@ -567,6 +616,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         y = self._check_y(y, series, offsets)
 
         engine = self._engine()
+        self._check_field_engine(self.field, engine)
         self._solve_config()
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
@@ -644,10 +694,34 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         return mean, log_var
 
     def _decoded_at(self, program, hyper, z0, offsets):
-        """Decoded trajectories ``(n, K, C)`` of ``z0`` at ``offsets`` ``(n, K)``."""
-        grids, index = row_grids(offsets)
+        """Decoded trajectories ``(n, K, C)`` of ``z0`` at ``offsets`` ``(n, K)``, of
+        any sign: times before a series' first observation are solved backwards.
+
+        Why backwards from z0 rather than z0 anchored at a common start time (the
+        paper's choice): z0 sits at each series' first observation, where the encoder
+        (which reads the series backwards in time) has seen every observation and
+        where training put it, so the fitted model and its training are unchanged; an
+        ODE's flow runs both ways, so the state at an earlier time is the solution of
+        the same field from z0 over a decreasing grid (every engine's row solvers take
+        one). A common anchor would instead make z0 mean another time for every data
+        set (its earliest observation, or an arbitrary origin of the times) and retrain
+        every model. Posterior draws of z0 are carried back the same way, so
+        ``return_std`` widens where the dynamics spread them (a damped system's past).
+        The cost: the past is extrapolated with dynamics fitted on the observed
+        window and after it.
+        """
+        with np.errstate(invalid="ignore"):
+            before = offsets < 0
+        grids, index = row_grids(np.where(before, np.nan, offsets))
         zs, _ = program.trajectory(self.params_, z0, grids, hyper)
         z = np.take_along_axis(zs, index[..., None], axis=1)
+        rows = np.flatnonzero(before.any(axis=1))
+        if rows.size:  # each series' own decreasing grid, from 0 to its earliest time
+            early = before[rows]
+            grids, index = row_grids(np.where(early, -offsets[rows], np.nan))
+            zs, _ = program.trajectory(self.params_, z0[rows], -grids, hyper)
+            back = np.take_along_axis(zs, index[..., None], axis=1)
+            z[rows] = np.where(early[..., None], back, z[rows])
         out = program.decode(self.params_, z, hyper)
         return np.where(np.isnan(offsets)[..., None], np.nan, out)
 
@@ -700,7 +774,8 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         target_times : array-like of shape (n_targets,) or (n_series, n_targets), \
 default=None
             Default: the ``target_times`` parameter, else the fit's number of steps after
-            the last observation time.
+            the last observation time. Times before a series' first observation are
+            answered by solving the latent ODE backwards from ``z0``.
 
         Returns
         -------
@@ -738,7 +813,8 @@ default=None
         ----------
         X : array-like of shape (n_series, n_times[, n_channels])
         eval_times : array-like of shape (n_eval,)
-            Times at or after each series' first observation.
+            Any times: before a series' first observation (where ``z0`` sits), the
+            latent ODE is solved backwards from ``z0``.
         return_std : bool, default=False
         times : array-like of shape (n_series, n_times), default=None
 

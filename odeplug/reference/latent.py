@@ -37,7 +37,8 @@ from .._series import encoder_gaps, union_grid
 from .._solver_options import ODESolveConfig, ODEStats
 from .._specs import LatentHyper, LatentODESpec
 from .._validation import check_model_rows, check_model_state
-from .nn import dense, gru_cell, mlp
+from ..layers import as_field
+from .nn import INFERENCE_OPS, LAYER_OPS, dense, gru_cell, mlp
 from .programs import Adam, l2_penalty
 from .solve import odeint, odeint_rows
 
@@ -54,8 +55,12 @@ class LatentProgram:
         self.dtype = np.dtype(spec.dtype)
         self.penalized = spec.penalized_names()
         self.n_encoder_layers = len(spec.encoder_field_sizes) - 1
-        self.n_field_layers = len(spec.field_sizes) - 1
         self.n_decoder_layers = len(spec.decoder_sizes) - 1
+        # The latent field is the spec's layer (the MLP by default), realised by this
+        # engine's LayerOps: autograd's NumPy to train, NumPy to predict.
+        field = spec.field()
+        self.field = as_field(field, "field", spec.state_shape, LAYER_OPS)
+        self.inference_field = as_field(field, "field", spec.state_shape, INFERENCE_OPS)
 
     # ---------------------------------------------------------------- the model
 
@@ -70,12 +75,7 @@ class LatentProgram:
         return field
 
     def _latent_field(self, xp):
-        spec, n_layers = self.spec, self.n_field_layers
-
-        def field(t, z, params):
-            return mlp(params, "field", n_layers, spec.activation, z, xp)
-
-        return field
+        return self.inference_field if xp is np else self.field
 
     @staticmethod
     def _subset(params: dict, prefix: str) -> dict:
@@ -232,7 +232,8 @@ class LatentProgram:
     def trajectory(self, params, z0, times, hyper: LatentHyper
                    ) -> tuple[np.ndarray, RowStats]:
         """Latent states ``(n, T, L)`` at per-series grids ``times`` ``(n, T)`` (from 0,
-        increasing, NaN-padded), each series with its own steps."""
+        increasing or decreasing: the past of ``z0``, NaN-padded), each series with its
+        own steps."""
         params = self._inference_params(params)
         z0 = np.asarray(z0, INFERENCE_DTYPE)
         check_model_rows(z0, times)

@@ -50,6 +50,17 @@ CHECKED += [
                        field_hidden_sizes=(8,), decoder_hidden_sizes=(), max_iter=3,
                        learning_rate_init=0.05, rtol=1e-2, atol=1e-3, kl_annealing=0)
     for name in installed_engines()
+] + [
+    # A latent field of odeplug.layers (FFJORD's time conditioning). Not on JAX: its
+    # programs of a layer field are compared with the reference step for step
+    # (tests/estimators/test_latent_fields.py), and the checks' data shapes would
+    # compile ~16 more steps there.
+    LatentODERegressor(backend=name, encoder="rnn", latent_dim=2, encoder_hidden_sizes=(8,),
+                       decoder_hidden_sizes=(), max_iter=3, learning_rate_init=0.05,
+                       rtol=1e-2, atol=1e-3, kl_annealing=0,
+                       field=L.Sequential([L.ConcatSquash(L.Dense(8, activation="tanh")),
+                                           L.Dense(2)]))
+    for name in installed_engines() if name != "jax"
 ]
 
 # Checks expected to fail, with the reason.
