@@ -149,7 +149,9 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         Standard deviation of the Gaussian likelihood; "auto" fits one per channel.
     kl_annealing : int, default=10
         Epochs over which the weight of the KL term rises linearly to 1 (0: weight 1
-        from the start).
+        from the start). The training loss of those epochs rises with the weight, so
+        they do not count towards ``n_iter_no_change`` (without early stopping), and
+        ``best_loss_`` is the lowest loss after them.
     solver : str, default="dopri5"
         One of ``odeplug.SOLVERS``; read again at predict time, as the tolerances.
     rtol, atol : float, default=1e-3, 1e-4
@@ -610,7 +612,11 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         return self._run_training(
             engine, spec, params, arrays, rng=rng, history=history,
             continuing=not first_call, max_iter=1 if incremental else int(self.max_iter),
-            validation_score=validation_score, draw_noise=draw_noise, hyper=hyper)
+            validation_score=validation_score, draw_noise=draw_noise, hyper=hyper,
+            # The negative ELBO rises while its KL weight does: those epochs are no
+            # plateau (with one step per epoch, a fit of under 200 series stopped there,
+            # after 14 epochs, on ItalyPowerDemand; docs/real_data.md).
+            warmup_epochs=int(self.kl_annealing))
 
     def _store_fit(self, engine, spec, history, params) -> None:
         """The base's fitted attributes, and ``noise_std_`` from the same parameters:
