@@ -410,9 +410,10 @@ def _median(values):
 
 
 def density_table(rows):
-    lines = ["| data (train rows × dims) | GMM (BIC) | KDE (CV) | CNFDensity | CNF − best | "
-             "GMM fit s | KDE fit s | CNF fit s (with compilation) | CNF epochs |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data (train rows × dims) | seeds | GMM (BIC) | KDE (CV) | CNFDensity | "
+             "CNF − best | GMM fit s | KDE fit s | CNF fit s (with compilation) | "
+             "CNF epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["data"] for r in rows):
         rs = [r for r in rows if r["data"] == name]
         g, k, c = (_median([r[m]["ll"] for r in rs]) for m in ("gmm", "kde", "cnf"))
@@ -420,7 +421,7 @@ def density_table(rows):
         diverged = sum("diverged" in r["cnf"] for r in rs)
         shape = "×".join(str(s) for s in rs[0]["shape"])
         lines.append(
-            f"| {name} ({shape}) | {_fmt(g)} | {_fmt(k)} | {_fmt(c)}"
+            f"| {name} ({shape}) | {len(rs)} | {_fmt(g)} | {_fmt(k)} | {_fmt(c)}"
             f"{f' ({diverged} diverged)' if diverged else ''} | {_fmt(gap)} | "
             f"{_fmt(_median([r['gmm']['fit_s'] for r in rs]), 1)} | "
             f"{_fmt(_median([r['kde']['fit_s'] for r in rs]), 1)} | "
@@ -430,9 +431,10 @@ def density_table(rows):
 
 
 def series_table(rows):
-    lines = ["| data | hidden | Ridge | HGB | LatentODE | LatentODE − best | ±2σ coverage | "
-             "Ridge fit s | HGB fit s | LatentODE fit s (with compilation) | diverged |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | hidden | seeds | Ridge | HGB | LatentODE | LatentODE − best | "
+             "±2σ coverage | Ridge fit s | HGB fit s | LatentODE fit s (with compilation) | "
+             "LatentODE epochs | diverged |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["data"] for r in rows):
         for h in dict.fromkeys(r["hidden"] for r in rows if r["data"] == name):
             rs = [r for r in rows if r["data"] == name and r["hidden"] == h]
@@ -441,12 +443,14 @@ def series_table(rows):
             gap = None if la is None else la - min(ri, hg)
             diverged = sum("diverged" in r["latent"] for r in rs)
             lines.append(
-                f"| {name} ({rs[0]['n_series']}×{rs[0]['channels']}ch) | {h:.0%} | {_fmt(ri)} | "
+                f"| {name} ({rs[0]['n_series']}×{rs[0]['channels']}ch) | {h:.0%} | {len(rs)} | "
+                f"{_fmt(ri)} | "
                 f"{_fmt(hg)} | {_fmt(la)} | {_fmt(gap)} | "
                 f"{_fmt(_median([r['latent']['coverage'] for r in rs]), 2)} | "
                 f"{_fmt(_median([r['ridge']['fit_s'] for r in rs]), 1)} | "
                 f"{_fmt(_median([r['hgb']['fit_s'] for r in rs]), 1)} | "
                 f"{_fmt(_median([r['latent']['fit_s'] for r in rs]), 1)} | "
+                f"{_fmt(_median([r['latent'].get('epochs') for r in rs]), 0)} | "
                 f"{diverged}/{len(rs)} |")
     return "\n".join(lines)
 
