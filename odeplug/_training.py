@@ -149,6 +149,7 @@ def train(
                             tuple[np.ndarray, ...]] | None = None,
     verbose: int = 0,
     desc: str = "fit",
+    warmup_epochs: int = 0,
 ) -> TrainingOutcome:
     """Run up to ``max_iter`` epochs of ``program.step``.
 
@@ -179,6 +180,13 @@ def train(
         ``prepare_batch(rng, batch) -> batch``: what the step takes, made from the
         minibatch (after ``draw_noise``) with draws from the estimator's generator, for
         randomness that depends on the data (flow matching's paths and pairings).
+    warmup_epochs : int, default=0
+        Epochs (counted over the whole history) whose training loss is not comparable
+        with later ones, because ``hyper(epoch)`` changes the objective (KL annealing
+        raises the KL term's weight): without ``validation_score`` they count as
+        progress, and the first epoch after them sets the lowest loss afresh. Else a
+        loss that rises with the weight reads as a plateau, and training stops (or the
+        adaptive schedule cuts the step size) during the warm-up.
 
     Raises
     ------
@@ -277,7 +285,9 @@ def train(
             history.t_ += n_batches * len(batches[0])
             epoch_loss = history.curves["loss"][-1]
             if score is None:
-                improved = epoch_loss < history.best_loss - tol
+                if epoch == warmup_epochs + 1:
+                    history.best_loss = math.inf  # the first loss of the full objective
+                improved = epoch <= warmup_epochs or epoch_loss < history.best_loss - tol
             else:
                 history.validation_scores.append(score)
                 improved = score > history.best_validation_score + tol

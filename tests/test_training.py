@@ -198,6 +198,19 @@ def test_a_constant_step_size_stops_at_the_first_plateau():
     assert set(program.learning_rates) == {1e-2}
 
 
+def test_warmup_epochs_are_no_plateau_and_the_lowest_loss_starts_after_them():
+    # KL annealing: the loss rises over the 5 warm-up epochs, then falls below the
+    # warm-up's last but never to its first (lowest) value.
+    losses = [1.0, 2.0, 3.0, 4.0, 5.0, 4.5, 4.0, 3.5, 3.5, 3.5, 3.5]
+    stopped, plain = run(Scripted(losses), n_samples=4, max_iter=11, n_iter_no_change=2)
+    assert plain.n_iter == 4 and stopped.converged  # read as a plateau after epoch 1
+    outcome, history = run(Scripted(losses), n_samples=4, max_iter=11, n_iter_no_change=2,
+                           warmup_epochs=5)
+    # Epochs 6-8 improve on the first loss after the warm-up; 9, 10, 11 do not.
+    assert history.n_iter == 11 and outcome.converged
+    assert history.best_loss == 3.5
+
+
 def test_the_adaptive_schedule_divides_the_step_size_on_each_plateau():
     program = Scripted([1.0] * 40)
     outcome, history = run(program, n_samples=4, max_iter=40, n_iter_no_change=2,

@@ -212,7 +212,8 @@ class ODEEstimatorBase(BaseEstimator):
     def _run_training(self, engine: Backend, spec: ModelSpec, params: dict[str, np.ndarray],
                       arrays: tuple[np.ndarray, ...], *, rng, history: TrainingHistory,
                       continuing: bool, max_iter: int, validation_score=None,
-                      draw_noise=None, hyper=None, prepare_batch=None, program=None):
+                      draw_noise=None, hyper=None, prepare_batch=None, program=None,
+                      warmup_epochs=0):
         """Build or reuse the engine's training state, run the loop, store the result.
 
         The engine state (optimiser moments) is kept in ``_train_state`` so that
@@ -238,7 +239,7 @@ class ODEEstimatorBase(BaseEstimator):
                     learning_rate=self.learning_rate,
                     validation_score=validation_score, draw_noise=draw_noise,
                     prepare_batch=prepare_batch, verbose=int(self.verbose),
-                    desc=type(self).__name__)
+                    desc=type(self).__name__, warmup_epochs=warmup_epochs)
         except TrainingDivergedError as error:
             if continuing:
                 raise TrainingDivergedError(

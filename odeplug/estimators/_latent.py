@@ -13,7 +13,7 @@ from sklearn.utils import TransformerTags, check_array, check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._series import row_grids
-from .._solver_options import DEFAULT_MAX_NUM_STEPS
+from .._solver_options import DEFAULT_MAX_NUM_STEPS, make_solve_config
 from .._specs import ACTIVATIONS, ENCODERS, LatentHyper, LatentODESpec
 from .._user_field import UserField
 from .._validation import real_array
@@ -36,6 +36,15 @@ MAX_TIME_SPAN = float(np.finfo(np.float32).max)
 # series is a function of that series alone.
 N_STD_DRAWS = 64
 _STD_SEED = 20181
+
+# Times are divided by ``time_scale_`` (fitted: the training series' median observation
+# span over this, at least 1) before they reach the programs, so that the latent ODE
+# never integrates across more than about this many of its own time units in an observed
+# window. The field starts with Lipschitz constant about 1; over the 46 steps of
+# ArrowHead (obs_times 0, 1, ...) its trajectories grew without bound and the default
+# fit diverged at epoch 2 (loss 2.2e11; docs/real_data.md). The spirals of the paper's
+# benchmark (span 1.87) and the tests' series (span 3) are left as they are.
+MAX_UNSCALED_SPAN = 4.0
 
 
 def _ndim(a) -> int:
@@ -153,7 +162,9 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         Standard deviation of the Gaussian likelihood; "auto" fits one per channel.
     kl_annealing : int, default=10
         Epochs over which the weight of the KL term rises linearly to 1 (0: weight 1
-        from the start).
+        from the start). The training loss of those epochs rises with the weight, so
+        they do not count towards ``n_iter_no_change`` (without early stopping), and
+        ``best_loss_`` is the lowest loss after them.
     solver : str, default="dopri5"
         One of ``odeplug.SOLVERS``; read again at predict time, as the tolerances.
     rtol, atol : float, default=1e-3, 1e-4
@@ -214,6 +225,13 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         Targets per series in the training ``y``.
     noise_std_ : ndarray of shape (n_channels_,)
         The likelihood's standard deviation (fitted or fixed).
+    time_scale_ : float
+        What the times are divided by inside the model: the training series' median
+        span from first to last observation time over 4, or 1 where that is smaller.
+        Over a long span in the field's own units (ArrowHead's 46 steps at
+        ``obs_times=None``) the default fit diverged; the paper's spirals (span 1.87)
+        are unchanged. Predictions, targets and ``eval_times`` stay in the data's
+        units.
     backend_ : str
     params_ : dict of str to ndarray
         Canonical parameters, the same on every engine.
@@ -428,9 +446,30 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         if empty.size:
             raise ValueError(f"series {empty[0]} of X has no observed value (all NaN): "
                              "each series needs at least one")
-        series = _Series(values, grid)
+        if reset:
+            unscaled = _Series(values, grid)
+            span = float(np.median(unscaled.last_time - unscaled.t0))
+            self.time_scale_ = max(1.0, span / MAX_UNSCALED_SPAN) if np.isfinite(span) \
+                else 1.0
+        series = _Series(values, grid / self._time_scale)
         _check_spans(series.last_time - series.t0, "obs_times" if times is None else "times")
         return series
+
+    @property
+    def _time_scale(self) -> float:
+        """``time_scale_`` (1 for a model saved before it existed)."""
+        return float(getattr(self, "time_scale_", 1.0))
+
+    def _solve_config(self):
+        """The base's settings, with ``step_size`` in the model's time units: the user
+        gives it in the data's, as every time."""
+        config = super()._solve_config()
+        if self.step_size is None or self._time_scale == 1.0:
+            return config
+        return make_solve_config(
+            solver=self.solver, rtol=self.rtol, atol=self.atol,
+            step_size=float(self.step_size) / self._time_scale, adjoint=self.adjoint,
+            max_num_steps=self.max_num_steps)
 
     def _shared_times(self, n_times: int) -> np.ndarray:
         if self.obs_times is None:
@@ -491,6 +530,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
                                  f"(n_targets,) or, per series, ({series.n}, n_targets)")
             if np.isinf(times).any():
                 raise ValueError(f"{name} must be finite or NaN (no target)")
+            times = times / self._time_scale  # the series' units (_check_X)
         offsets = times - series.t0[:, None]
         _check_spans(offsets, name if given is not None else "the default target times")
         if before_first:
@@ -501,8 +541,9 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
             row = int(np.flatnonzero(early.any(axis=1))[0])
             raise ValueError(
                 f"a target time of series {row} precedes its first observation "
-                f"(t={series.t0[row]:.6g}): fit trains on targets at or after it (z0 sits "
-                "there); predict, predict_trajectory and score answer earlier times")
+                f"(t={series.t0[row] * self._time_scale:.6g}): fit trains on targets at or "
+                "after it (z0 sits there); predict, predict_trajectory and score answer "
+                "earlier times")
         return offsets
 
     def _check_y(self, y, series: _Series, offsets: np.ndarray, purpose: str = "fit"
@@ -660,7 +701,11 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         return self._run_training(
             engine, spec, params, arrays, rng=rng, history=history,
             continuing=not first_call, max_iter=1 if incremental else int(self.max_iter),
-            validation_score=validation_score, draw_noise=draw_noise, hyper=hyper)
+            validation_score=validation_score, draw_noise=draw_noise, hyper=hyper,
+            # The negative ELBO rises while its KL weight does: those epochs are no
+            # plateau (with one step per epoch, a fit of under 200 series stopped there,
+            # after 14 epochs, on ItalyPowerDemand; docs/real_data.md).
+            warmup_epochs=int(self.kl_annealing))
 
     def _store_fit(self, engine, spec, history, params) -> None:
         """The base's fitted attributes, and ``noise_std_`` from the same parameters:

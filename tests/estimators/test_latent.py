@@ -444,3 +444,23 @@ def test_partial_fit_warm_start_and_early_stopping():
     assert stopped.best_validation_score_ == max(stopped.validation_scores_)
     with pytest.raises(ValueError, match="early_stopping"):
         small(early_stopping=True).partial_fit(X_SMALL, Y_SMALL)
+
+
+def test_long_time_spans_are_rescaled_inside_the_model():
+    """Times spanning more than 4 are divided by ``time_scale_`` (the median span over
+    4) before the programs see them: a fit on times ``T`` is the fit on ``T / 4`` bit
+    for bit, and answers in the data's units."""
+    assert small().fit(X_SMALL, Y_SMALL).time_scale_ == 1.0  # OBS_TIMES span 3
+    obs, targets = OBS_TIMES * (16 / 3), TARGET_TIMES * (16 / 3)  # span 16
+    slow = small(obs_times=obs, target_times=targets, solver="rk4",
+                 step_size=1.0).fit(X_SMALL, Y_SMALL)
+    fast = small(obs_times=obs / 4.0, target_times=targets / 4.0, solver="rk4",
+                 step_size=0.25).fit(X_SMALL, Y_SMALL)
+    assert slow.time_scale_ == 4.0 and fast.time_scale_ == 1.0
+    np.testing.assert_array_equal(slow.predict(X_SMALL), fast.predict(X_SMALL))
+    np.testing.assert_array_equal(
+        slow.predict_trajectory(X_SMALL[:3], eval_times=[4.0, 20.0]),
+        fast.predict_trajectory(X_SMALL[:3], eval_times=[1.0, 5.0]))
+    spirals = make_spirals(4, n_observed=30, random_state=0)
+    assert small(obs_times=spirals.obs_times, target_times=spirals.target_times).fit(
+        spirals.X, spirals.y).time_scale_ == 1.0  # the paper's benchmark: unchanged
