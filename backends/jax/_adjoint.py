@@ -112,7 +112,6 @@ def _solve_adjoint_bwd(problem, residuals, cotangents):
     solver = SOLVERS[static.solver]
     order = solver.method.order
     norm = Norm(2 * n if static.seminorm else None)
-    step_control = controller(static, values.adjoint_rtol, values.adjoint_atol, norm)
     at_start, per_step = evaluations(static)
     term = diffrax.ODETerm(augmented)
 
@@ -125,8 +124,11 @@ def _solve_adjoint_bwd(problem, residuals, cotangents):
         h = first_step(lambda s, z: direction * augmented(direction * s, z, diff),
                        direction * t_start, z, direction * f_z, order, static, values,
                        values.adjoint_rtol, values.adjoint_atol, norm)
+        # dt0=None: the controller starts with h (a traced dt0 costs a host callback).
+        step_control = controller(static, values.adjoint_rtol, values.adjoint_atol, norm,
+                                  first=h)
         sol = diffrax.diffeqsolve(
-            term, solver, t0=t_start, t1=t_end, dt0=direction * h, y0=z, args=diff,
+            term, solver, t0=t_start, t1=t_end, dt0=None, y0=z, args=diff,
             saveat=diffrax.SaveAt(t1=True), stepsize_controller=step_control,
             max_steps=static.max_num_steps, throw=False,
             solver_state=primed_fsal_state(f_z))

@@ -6,8 +6,13 @@
   ``SolveStatic``);
 * :class:`FixedGrid`: ``t0 + k h``, the last step shortened;
 * :func:`first_step`: Hairer's first step (``_stepping.initial_step``), computed by the
-  solve itself and passed to diffrax as ``dt0``, so that ``f(t0, y0)`` is shared with
-  the solver.
+  solve itself, so that ``f(t0, y0)`` is shared with the solver.
+
+The solves hand the first step to the controller (its ``first`` field), which
+``init`` returns, and call ``diffeqsolve`` with ``dt0=None``: diffrax checks the sign
+of a ``dt0`` it is given with ``equinox.error_if``, a host callback when ``dt0`` is
+traced, and XLA programs with host callbacks are never written to JAX's persistent
+compilation cache (every process would recompile each training step).
 """
 
 from __future__ import annotations
@@ -74,9 +79,10 @@ class PIController(diffrax.AbstractAdaptiveStepSizeController):
     are not differentiated (as in diffrax's ``PIDController``, torchdiffeq and the
     reference engine).
 
-    ``init`` starts from Hairer's step when ``dt0`` is None (a hand-written
-    ``diffeqsolve``); :func:`odeint` computes it itself and passes it as ``dt0``, to
-    share ``f(t0, y0)`` with the solver.
+    The first step: ``dt0``, else ``first`` (positive, in diffeqsolve's increasing
+    time), else Hairer's step (a hand-written ``diffeqsolve`` with ``dt0=None``).
+    :func:`odeint` computes it itself, to share ``f(t0, y0)`` with the solver, and
+    passes it as ``first`` (see the module's docstring).
     """
 
     rtol: Any
@@ -89,11 +95,14 @@ class PIController(diffrax.AbstractAdaptiveStepSizeController):
     factormax: float = eqx.field(static=True)
     pcoeff: float = eqx.field(static=True)
     icoeff: float = eqx.field(static=True)
+    first: Any = None
 
     def wrap(self, direction):
         return self
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        if dt0 is None:
+            dt0 = self.first
         if dt0 is None:
             # dy/ds in diffeqsolve's time s (which increases): diffrax's WrapTerm keeps
             # the field and multiplies the control by the direction, which contr(0, 1) is.
@@ -138,13 +147,17 @@ class FixedGrid(diffrax.AbstractStepSizeController):
     (diffrax 0.7's ``ConstantStepSize`` takes one step of ``dt0``, then splits the rest
     into ``ceil((t1 - t0) / dt0)`` equal steps.) A non-finite state stops the solve with
     ``RESULTS.nonfinite``; the step is not kept, so the outputs so far are those before
-    it.
+    it. The step: ``dt0``, else ``first`` (positive, as :class:`PIController`'s).
     """
+
+    first: Any = None
 
     def wrap(self, direction):
         return self
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        if dt0 is None:
+            dt0 = self.first
         if dt0 is None:
             raise ValueError("fixed-step solvers need a step size")
         n_steps = fixed_step_count(jnp, t0, t1, dt0)
@@ -163,16 +176,16 @@ class FixedGrid(diffrax.AbstractStepSizeController):
                 (start, end, h, n_steps, k), result)
 
 
-def controller(static: SolveStatic, rtol, atol, norm: Norm):
+def controller(static: SolveStatic, rtol, atol, norm: Norm, first=None):
     """The step-size controller of a solve: :class:`FixedGrid`, or :class:`PIController`
     with ``ODESolveConfig``'s constants (``static``) and the tolerances ``rtol``,
-    ``atol``."""
+    ``atol``; ``first``: the first step (:func:`first_step`), or None."""
     if not static.adaptive:
-        return FixedGrid()
+        return FixedGrid(first=first)
     return PIController(
         rtol=rtol, atol=atol, norm=norm, order=TABLEAUS[static.solver].order,
         safety=static.safety, factormin=static.factormin, factormax=static.factormax,
-        pcoeff=static.pcoeff, icoeff=static.icoeff)
+        pcoeff=static.pcoeff, icoeff=static.icoeff, first=first)
 
 
 def first_step(slope, s0, y0, f0, order, static: SolveStatic, values: SolveValues,

@@ -72,10 +72,11 @@ def forward(vf: Callable, y0: jax.Array, t: jax.Array, args: Any, static: SolveS
     subs = [diffrax.SubSaveAt(t1=True)]
     if not endpoints:
         subs.insert(0, diffrax.SubSaveAt(ts=t_save))
+    # dt0=None: the controller starts with h (a traced dt0 costs a host callback).
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vf), solver, t0=t0, t1=t1, dt0=direction * h, y0=y0, args=args,
+        diffrax.ODETerm(vf), solver, t0=t0, t1=t1, dt0=None, y0=y0, args=args,
         saveat=diffrax.SaveAt(subs=subs),
-        stepsize_controller=controller(static, values.rtol, values.atol, norm),
+        stepsize_controller=controller(static, values.rtol, values.atol, norm, first=h),
         max_steps=static.max_num_steps, throw=False, solver_state=primed_fsal_state(f0),
     )
     code = result_code(sol.result)

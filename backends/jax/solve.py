@@ -10,7 +10,8 @@ engine's programs import); the parts live along diffrax's own lines:
   with the reference engine's dense output;
 * :mod:`._controller`: the PI controller and the fixed grid on diffrax's
   ``AbstractStepSizeController`` interface, made of ``odeplug._stepping``, and Hairer's
-  first step, computed here and passed as ``dt0``;
+  first step, computed here and handed to the controller (``diffeqsolve(dt0=None)``:
+  a traced ``dt0`` would cost a host callback, see :mod:`._controller`);
 * :mod:`._results`: odeplug's result codes, :class:`SolveInfo`, :class:`BackwardInfo`,
   the probe, and the ``SolverError`` of a failed solve;
 * :mod:`._layout`: :class:`SolveStatic` / :class:`SolveValues` (:func:`split_config`)
