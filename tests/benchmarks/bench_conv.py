@@ -99,8 +99,9 @@ def _conv_score(seed: int, overrides: dict) -> tuple[float, float]:
 
 
 def start_conv_scores(seeds, jobs: int, **overrides):
-    """The conv ODE-Net's fits, in ``jobs`` worker processes (None: here, one by one,
-    when the results are asked for): a callable returning ``[(score, seconds), ...]``."""
+    """The conv ODE-Net's fits, started in ``jobs`` worker processes (``jobs <= 1``: in
+    this process, one by one, once the results are asked for): a callable returning
+    ``[(score, seconds), ...]`` in the order of ``seeds``."""
     if jobs <= 1:
         return lambda: [_conv_score(seed, overrides) for seed in seeds]
     import multiprocessing
