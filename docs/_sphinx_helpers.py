@@ -14,7 +14,8 @@ OPTIONAL_PAGE = re.compile(r"^([ \t]*)\?([\w/-]+)[ \t]*$", re.MULTILINE)
 GALLERY_MODELS_DIR = Path(__file__).resolve().parent / "gallery_models"
 GALLERY_MODELS = {"digits.py": "digits_odeclassifier.odeplug",
                   "cnf_density.py": "moons_cnfdensity.odeplug",
-                  "spirals.py": "spirals_latentode.odeplug"}
+                  "spirals.py": "spirals_latentode.odeplug",
+                  "plot_conv_digits.py": "digits_conv_odeclassifier.odeplug"}
 
 
 def quick_argv(gallery_conf, script_vars) -> list[str]:

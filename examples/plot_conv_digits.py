@@ -26,8 +26,8 @@ the full fit of the settings below on JAX is made by::
     python docs/gallery_models/make_gallery_models.py --only conv_digits
 
 (``docs/gallery_models/digits_conv_odeclassifier.odeplug``). The documentation build
-passes ``--quick``: 10 epochs on 500 digits on the reference engine, an unconverged
-model, as the figure's title says. The
+passes ``--quick --model`` that file: the figure of the full fit. ``--quick`` alone fits
+10 epochs on 500 digits, an unconverged model, as the figure's title then says. The
 3-seed accuracy of these settings, against the MLP ODE-Net and ``SVC``, and the fit
 time against a hand-written diffrax + equinox loop are in :doc:`/benchmarks`
 (``tests/benchmarks/bench_conv.py``).
