@@ -14,7 +14,8 @@ OPTIONAL_PAGE = re.compile(r"^([ \t]*)\?([\w/-]+)[ \t]*$", re.MULTILINE)
 GALLERY_MODELS_DIR = Path(__file__).resolve().parent / "gallery_models"
 GALLERY_MODELS = {"digits.py": "digits_odeclassifier.odeplug",
                   "cnf_density.py": "moons_cnfdensity.odeplug",
-                  "spirals.py": "spirals_latentode.odeplug"}
+                  "spirals.py": "spirals_latentode.odeplug",
+                  "plot_conv_digits.py": "digits_conv_odeclassifier.odeplug"}
 
 
 def quick_argv(gallery_conf, script_vars) -> list[str]:
@@ -64,7 +65,8 @@ def public_names_missing_from_api(api_page: Path) -> list[str]:
 
 # The paper's figures first, in the paper's order; examples not listed follow by name.
 GALLERY_ORDER = ("plot_nfe_fig3.py", "plot_table1_digits.py", "cnf_density.py",
-                 "spirals.py", "digits.py", "plot_change_of_variables.py")
+                 "spirals.py", "digits.py", "plot_conv_digits.py",
+                 "plot_change_of_variables.py")
 
 
 class GalleryOrder:

@@ -34,6 +34,23 @@ def test_digits_example(tmp_path):
 
 
 @pytest.mark.slow
+def test_conv_digits_example_loads_the_gallery_model(tmp_path):
+    """What the docs build runs: the fitted file (0.9889 on the test digits), the solver
+    sweep without refitting, the figure."""
+    pytest.importorskip("matplotlib")
+    figure = tmp_path / "conv.png"
+    model = ROOT / "docs" / "gallery_models" / "digits_conv_odeclassifier.odeplug"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "plot_conv_digits.py"), "--quick",
+         "--model", str(model), "--output", str(figure)],
+        capture_output=True, text=True, timeout=600, check=True)
+    accuracy = float(out.stdout.split("test accuracy:")[1].split()[0])
+    assert accuracy > 0.98  # the full fit, not a --quick one (0.4356)
+    assert out.stdout.count("NFE per input") == 6  # midpoint x1..x8, dopri5 at two rtols
+    assert figure.stat().st_size > 10_000
+
+
+@pytest.mark.slow
 def test_cnf_density_example(tmp_path):
     pytest.importorskip("matplotlib")
     out = subprocess.run(

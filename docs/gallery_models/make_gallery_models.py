@@ -8,12 +8,13 @@ show converged models. Rerun this script whenever a model or the file format cha
     python docs/gallery_models/make_gallery_models.py
 
 It writes, next to itself, ``digits_odeclassifier.odeplug``,
-``moons_cnfdensity.odeplug`` and ``spirals_latentode.odeplug`` (``odeplug.save``: no
-pickle), and prints each fit's time and the score it reaches. ``--only NAME`` refits one
-of ``digits``, ``moons``, ``spirals``. The settings are those of the examples run by
-hand (``examples/digits.py``, ``examples/cnf_density.py``, ``examples/spirals.py``), so
-that a figure of the gallery is the one a user gets from the same command without
-``--quick``.
+``digits_conv_odeclassifier.odeplug``, ``moons_cnfdensity.odeplug`` and
+``spirals_latentode.odeplug`` (``odeplug.save``: no pickle), and prints each fit's time
+and the score it reaches. ``--only NAME`` refits one of ``digits``, ``conv_digits``,
+``moons``, ``spirals``. The settings are those of the examples run by hand
+(``examples/digits.py``, ``examples/plot_conv_digits.py``, ``examples/cnf_density.py``,
+``examples/spirals.py``), so that a figure of the gallery is the one a user gets from the
+same command without ``--quick``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ import odeplug
 
 HERE = Path(__file__).resolve().parent
 BACKEND = "jax"  # the fastest fit of the three engines; the files load on any engine
+# examples/plot_conv_digits.py's SETTINGS (tests/benchmarks/bench_conv.py's CONV).
+CONV_DIGITS = dict(hidden_layer_sizes=(16, 16), solver="midpoint", step_size=0.25,
+                   adjoint=False, learning_rate="adaptive", learning_rate_init=1e-2,
+                   n_iter_no_change=3, alpha=1e-3, batch_size=64, max_iter=40, tol=0.0)
 
 
 def fit_digits():
@@ -45,6 +50,23 @@ def fit_digits():
     clf = odeplug.ODEClassifier(backend=BACKEND, random_state=0)
     clf.fit(scaler.transform(X_train), y_train)
     return clf, f"test accuracy {clf.score(scaler.transform(X_test), y_test):.4f}"
+
+
+def fit_conv_digits():
+    """The convolutional ODE-Net (``field="conv"``) on the same split, pixels scaled by
+    the training images' one mean and standard deviation, with the settings of
+    ``examples/plot_conv_digits.py`` and ``tests/benchmarks/bench_conv.py`` (seed 0)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=0.25, stratify=y, random_state=0)
+    mean, std = X_train.mean(), X_train.std()
+    clf = odeplug.ODEClassifier(backend=BACKEND, field="conv", input_shape=(1, 8, 8),
+                                random_state=0, **CONV_DIGITS)
+    clf.fit((X_train - mean) / std, y_train)
+    return clf, f"test accuracy {clf.score((X_test - mean) / std, y_test):.4f}"
 
 
 def fit_moons():
@@ -75,6 +97,7 @@ def fit_spirals():
 
 
 MODELS = {"digits": ("digits_odeclassifier.odeplug", fit_digits),
+          "conv_digits": ("digits_conv_odeclassifier.odeplug", fit_conv_digits),
           "moons": ("moons_cnfdensity.odeplug", fit_moons),
           "spirals": ("spirals_latentode.odeplug", fit_spirals)}
 
