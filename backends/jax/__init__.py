@@ -28,6 +28,11 @@ class JaxBackend(Backend):
 
         return odeint(func, y0, t, args, config, count_backward=count_backward)
 
+    def concatenate(self, arrays):
+        import jax.numpy as jnp
+
+        return jnp.concatenate(arrays)
+
     def gpu_missing(self) -> str | None:
         from .programs import platform_devices
 

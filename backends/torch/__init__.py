@@ -25,6 +25,11 @@ class TorchBackend(Backend):
 
         return odeint(func, y0, t, args, config, count_backward=count_backward)
 
+    def concatenate(self, arrays):
+        import torch
+
+        return torch.cat(arrays)
+
     def limit_threads(self, n: int) -> contextlib.AbstractContextManager:
         """``torch.set_num_threads(n)`` inside the block; the previous count after it."""
         return _torch_threads(n)

@@ -127,6 +127,8 @@ def odeint(
     if check:
         _check_config(config, implementation)
         y0, t, args, direction = _prepare(y0, t, args)
+        if len(t) == 1:
+            return _no_integration(y0)
         _check_field(func, y0, t, args, adjoint=config.adjoint is not None)
     else:
         direction = 1 if t[-1] > t[0] else -1
@@ -162,6 +164,8 @@ def _odeint_torchdiffeq(func: Callable, y0: Any, t: Any, args: Any, config: ODES
     if check:
         _check_config(config, "torchdiffeq")
         y0, t, args, direction = _prepare(y0, t, args)
+        if len(t) == 1:
+            return _no_integration(y0)
         _check_field(func, y0, t, args, adjoint=config.adjoint is not None)
     else:
         direction = 1 if t[-1] > t[0] else -1
@@ -296,6 +300,12 @@ def _check_config(config: ODESolveConfig, implementation: str) -> None:
             f"it needs pcoeff=0 and icoeff=1, got pcoeff={config.pcoeff}, "
             f"icoeff={config.icoeff}"
         )
+
+
+def _no_integration(y0: torch.Tensor) -> tuple[torch.Tensor, ODEStats]:
+    """The solve on a grid of one time: ``y0`` (a copy, differentiable), nothing
+    counted, as on the reference engine (and torchdiffeq)."""
+    return y0.unsqueeze(0).clone(), ODEStats()
 
 
 def _prepare(y0: Any, t: Any, args: Any) -> tuple[torch.Tensor, torch.Tensor, Any, int]:
