@@ -54,14 +54,14 @@ def _backward_nfe(engine, func, x0, t, args, tol, method, seminorm) -> int:
     kwargs = dict(solver=method, rtol=tol, atol=tol, adjoint=adjoint)
     if engine.name == "jax":
         import jax
-
-        from odeplug._solver_options import make_solve_config
         from odeplug_backends.jax.solve import (
             backward_info,
             backward_probe,
             odeint_traced,
             split_config,
         )
+
+        from odeplug._solver_options import make_solve_config
 
         static, values = split_config(make_solve_config(**kwargs))
 
