@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -184,15 +185,40 @@ def _odeint_tuple(func, y0: tuple, t, args, config, backend, count_backward):
     dtypes = {str(piece.dtype) for piece in pieces}
     if len(dtypes) > 1:
         raise TypeError(f"the arrays of a tuple y0 must share one dtype, got {sorted(dtypes)}")
-    shapes = [tuple(piece.shape) for piece in pieces]
-    bounds = np.cumsum([0] + [math.prod(shape) for shape in shapes]).tolist()
+    shapes = tuple(tuple(piece.shape) for piece in pieces)
+    flat0 = join([piece.reshape(-1) for piece in pieces])
+    ys, stats = _odeint_array(_flat_field(func, shapes, backend), flat0, t, args, config,
+                              backend, count_backward)
+    return _split(ys, shapes, lead=(int(ys.shape[0]),)), stats
 
-    def split(flat, lead=()):
-        return tuple(flat[(slice(None),) * len(lead) + (slice(a, b),)].reshape(lead + shape)
-                     for a, b, shape in zip(bounds[:-1], bounds[1:], shapes, strict=True))
+
+def _split(flat, shapes, lead=()):
+    """The arrays of ``shapes`` from the last axis of ``flat`` (leading axes ``lead``)."""
+    out, start = [], 0
+    for shape in shapes:
+        stop = start + math.prod(shape)
+        out.append(flat[(slice(None),) * len(lead) + (slice(start, stop),)].reshape(
+            lead + shape))
+        start = stop
+    return tuple(out)
+
+
+def _flat_field(func, shapes, backend):
+    """``func`` on tuples of ``shapes`` as a field on their flat concatenation: one per
+    (field, shapes, engine), since JAX compiles a solve once per field object and
+    repeated solves of one tuple field must see the same one (a new one for a field that
+    cannot be hashed)."""
+    try:
+        return _cached_flat_field(func, shapes, backend)
+    except TypeError:  # unhashable field
+        return _make_flat_field(func, shapes, backend)
+
+
+def _make_flat_field(func, shapes, backend):
+    concatenate = get_backend(backend).concatenate
 
     def flat_func(s, y, a):
-        dy = func(s, split(y), a)
+        dy = func(s, _split(y, shapes), a)
         if not isinstance(dy, tuple) or len(dy) != len(shapes):
             raise ValueError(f"the vector field of a tuple state of {len(shapes)} arrays "
                              f"must return a tuple of {len(shapes)} arrays, got "
@@ -201,8 +227,9 @@ def _odeint_tuple(func, y0: tuple, t, args, config, backend, count_backward):
             if tuple(piece.shape) != shape:
                 raise ValueError(f"the vector field returned shape {tuple(piece.shape)} for "
                                  f"a state of shape {shape}")
-        return engine.concatenate([piece.reshape(-1) for piece in dy])
+        return concatenate([piece.reshape(-1) for piece in dy])
 
-    flat0 = join([piece.reshape(-1) for piece in pieces])
-    ys, stats = _odeint_array(flat_func, flat0, t, args, config, backend, count_backward)
-    return split(ys, lead=(int(ys.shape[0]),)), stats
+    return flat_func
+
+
+_cached_flat_field = functools.lru_cache(maxsize=64)(_make_flat_field)
