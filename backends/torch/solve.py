@@ -408,7 +408,10 @@ class _AdjointSolve(torch.autograd.Function):
             with torch.enable_grad():
                 y = y.detach().requires_grad_(True)
                 dy = fun(s, y)
-                grads = torch.autograd.grad(dy, (y, *params), a, allow_unused=True)
+                if dy.requires_grad:
+                    grads = torch.autograd.grad(dy, (y, *params), a, allow_unused=True)
+                else:  # a field that reads neither y nor the parameters (f(t) only)
+                    grads = (None,) * (1 + len(params))
             a_theta = [torch.zeros(n, dtype=dtype, device=ys.device) if grad is None
                        else grad.reshape(-1).to(dtype)
                        for grad, n in zip(grads[1:], sizes, strict=True)]
