@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,13 +49,15 @@ def odeint(
     ----------
     func : callable
         Vector field ``func(t, y, args) -> dy/dt``, same shape and dtype as ``y``.
-    y0 : array
+    y0 : array or tuple of arrays
         Initial state, of any shape (a batch of states is one array). NumPy array, torch
-        tensor or JAX array.
+        tensor or JAX array. A tuple of arrays of one type and dtype (torchdiffeq's tuple
+        state) is solved as one state: ``func`` receives and returns tuples, and ``ys``
+        is a tuple; the error norm is the RMS norm over all their entries.
     t : 1-D array
         Output times, strictly increasing or strictly decreasing; ``t[0]`` is the time of
         ``y0``. The solver does not step onto intermediate times (dense output) and ends
-        exactly on ``t[-1]``.
+        exactly on ``t[-1]``. A grid of one time returns ``y0`` (nothing is evaluated).
     args : pytree, optional
         Parameters passed to ``func`` (dicts, lists, tuples of arrays). Gradients w.r.t.
         them flow through ``odeint`` on every engine (autograd, torch autograd, JAX). On
@@ -91,7 +95,7 @@ def odeint(
     Returns
     -------
     ys : array of shape ``(len(t),) + y0.shape``
-        In the engine's own array type.
+        In the engine's own array type; for a tuple ``y0``, a tuple of such arrays.
     stats : ODEStats
         Only with ``return_stats=True``.
 
@@ -127,6 +131,15 @@ def odeint(
         max_num_steps=max_num_steps,
         options=options,
     )
+    if isinstance(y0, tuple):
+        ys, stats = _odeint_tuple(func, y0, t, args, config, backend, return_stats)
+    else:
+        ys, stats = _odeint_array(func, y0, t, args, config, backend, return_stats)
+    return (ys, stats) if return_stats else ys
+
+
+def _odeint_array(func, y0, t, args, config, backend, count_backward):
+    """``odeint`` of one array ``y0``: ``(ys, stats)``."""
     # Host inputs (NumPy arrays, lists, strings) are checked here, once for every
     # engine: torch and jax would refuse strings in their own words on conversion.
     # Engine arrays (which may be traced) are the engines' to check.
@@ -136,9 +149,8 @@ def odeint(
         check_time_grid(np.asarray(t))
     if backend is None:
         backend = backend_for_array(y0) or resolve_backend_name(None)
-    ys, stats = get_backend(backend).odeint(func, y0, t, args, config,
-                                            count_backward=return_stats)
-    return (ys, stats) if return_stats else ys
+    return get_backend(backend).odeint(func, y0, t, args, config,
+                                       count_backward=count_backward)
 
 
 def odeint_rows(
@@ -240,3 +252,79 @@ def _on_host(x: Any) -> bool:
     """NumPy arrays and scalars, and plain Python values (lists, numbers, strings)."""
     return isinstance(x, (np.ndarray, np.generic, list, tuple, str, bytes, int, float,
                           complex))
+
+
+def _odeint_tuple(func, y0: tuple, t, args, config, backend, count_backward):
+    """``odeint`` of a tuple state (torchdiffeq's): its arrays joined into one flat state
+    on the engine of their type, solved as one, and split again."""
+    if not y0:
+        raise ValueError("y0 is an empty tuple")
+    owners = {backend_for_array(y) for y in y0 if not _on_host(y)}
+    if len(owners) > 1 or (owners and any(_on_host(y) for y in y0)):
+        raise TypeError(f"the arrays of a tuple y0 must be of one type, got "
+                        f"{sorted({type(y).__name__ for y in y0})}")
+    if backend is None:
+        backend = next(iter(owners), None) or resolve_backend_name(None)
+    engine = get_backend(backend)
+    if config.adjoint is not None and any(
+            cls.__module__ == "torch.nn.modules.module" for cls in type(func).__mro__):
+        # The flat field wrapping it is no module: the adjoint would not see its
+        # parameters, and their gradients would be silently missing.
+        raise ValueError("with a tuple y0 and adjoint=True, pass the parameters of a "
+                         "torch.nn.Module field in args")
+    if not owners:  # host values: joined by NumPy, converted by the engine
+        pieces = [np.asarray(y) for y in y0]
+        join = np.concatenate
+    else:
+        pieces, join = list(y0), engine.concatenate
+    dtypes = {str(piece.dtype) for piece in pieces}
+    if len(dtypes) > 1:
+        raise TypeError(f"the arrays of a tuple y0 must share one dtype, got {sorted(dtypes)}")
+    shapes = tuple(tuple(piece.shape) for piece in pieces)
+    flat0 = join([piece.reshape(-1) for piece in pieces])
+    ys, stats = _odeint_array(_flat_field(func, shapes, backend), flat0, t, args, config,
+                              backend, count_backward)
+    return _split(ys, shapes, lead=(int(ys.shape[0]),)), stats
+
+
+def _split(flat, shapes, lead=()):
+    """The arrays of ``shapes`` from the last axis of ``flat`` (leading axes ``lead``)."""
+    out, start = [], 0
+    for shape in shapes:
+        stop = start + math.prod(shape)
+        out.append(flat[(slice(None),) * len(lead) + (slice(start, stop),)].reshape(
+            lead + shape))
+        start = stop
+    return tuple(out)
+
+
+def _flat_field(func, shapes, backend):
+    """``func`` on tuples of ``shapes`` as a field on their flat concatenation: one per
+    (field, shapes, engine), since JAX compiles a solve once per field object and
+    repeated solves of one tuple field must see the same one (a new one for a field that
+    cannot be hashed)."""
+    try:
+        return _cached_flat_field(func, shapes, backend)
+    except TypeError:  # unhashable field
+        return _make_flat_field(func, shapes, backend)
+
+
+def _make_flat_field(func, shapes, backend):
+    concatenate = get_backend(backend).concatenate
+
+    def flat_func(s, y, a):
+        dy = func(s, _split(y, shapes), a)
+        if not isinstance(dy, tuple) or len(dy) != len(shapes):
+            raise ValueError(f"the vector field of a tuple state of {len(shapes)} arrays "
+                             f"must return a tuple of {len(shapes)} arrays, got "
+                             f"{type(dy).__name__}")
+        for piece, shape in zip(dy, shapes, strict=True):
+            if tuple(piece.shape) != shape:
+                raise ValueError(f"the vector field returned shape {tuple(piece.shape)} for "
+                                 f"a state of shape {shape}")
+        return concatenate([piece.reshape(-1) for piece in dy])
+
+    return flat_func
+
+
+_cached_flat_field = functools.lru_cache(maxsize=64)(_make_flat_field)

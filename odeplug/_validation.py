@@ -41,16 +41,17 @@ def _excerpt(array: np.ndarray) -> str:
 def check_time_grid(t: np.ndarray) -> int:
     """Check a time grid; return its direction (+1 increasing, -1 decreasing).
 
-    Raises ``ValueError`` unless ``t`` is 1-D with at least two finite, strictly
-    monotonic values, and ``TypeError`` unless it is real.
+    Raises ``ValueError`` unless ``t`` is 1-D with at least one finite value, strictly
+    monotonic, and ``TypeError`` unless it is real. A grid of one time is increasing (a
+    solve on it returns ``y0``, as torchdiffeq's).
     """
     t = np.asarray(t)
     if t.dtype.kind not in "fiu":
         raise TypeError(f"t must be a real array of times, got dtype {t.dtype}")
     if t.ndim != 1:
         raise ValueError(f"t must be 1-D, got shape {t.shape}")
-    if t.shape[0] < 2:
-        raise ValueError(f"t needs at least two times (start and end), got {t.shape[0]}")
+    if t.shape[0] < 1:
+        raise ValueError("t needs at least one time (that of y0), got none")
     if not np.all(np.isfinite(t)):
         raise ValueError(f"t contains NaN or inf: {t}")
     diff = np.diff(t.astype(np.float64))

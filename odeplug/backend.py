@@ -126,6 +126,14 @@ class Backend(abc.ABC):
         """
         raise NotImplementedError(f"the {self.name} engine has no odeint_rows")
 
+    def concatenate(self, arrays: list) -> Any:
+        """The 1-D arrays ``arrays``, of this engine's type, joined end to end
+        (differentiably): how ``odeint`` flattens a tuple state. The default is
+        autograd's NumPy (NumPy arrays and autograd's boxes)."""
+        import autograd.numpy as anp
+
+        return anp.concatenate(arrays)
+
     def make_program(self, spec: Any) -> Any:
         """The program of a model spec: the class ``spec.program`` names, from its
         module in :attr:`programs_package`.

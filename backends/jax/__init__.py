@@ -33,6 +33,11 @@ class JaxBackend(Backend):
 
         return odeint_rows(func, y0, t, args, config)
 
+    def concatenate(self, arrays):
+        import jax.numpy as jnp
+
+        return jnp.concatenate(arrays)
+
     def gpu_missing(self) -> str | None:
         from .programs import platform_devices
 

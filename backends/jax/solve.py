@@ -280,6 +280,9 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *
         check_time_grid(t_host)
         if not isinstance(t, jax.Array) or t.dtype != y0.dtype:
             t = t_host.astype(y0.dtype, copy=False)
+    if t.shape[0] == 1:
+        # Nothing to solve: y0 itself, nothing counted (the reference engine's rule).
+        return y0[None], ODEStats()
     # One host array for the values: one transfer, traced (not hashed) by the jit.
     packed = np.asarray(values, dtype=y0.dtype)
     ys, info = _odeint_jit(func, y0, t, layout, leaves, static, packed)

@@ -30,6 +30,11 @@ class TorchBackend(Backend):
 
         return odeint_rows(func, y0, t, args, config)
 
+    def concatenate(self, arrays):
+        import torch
+
+        return torch.cat(arrays)
+
     def limit_threads(self, n: int) -> contextlib.AbstractContextManager:
         """``torch.set_num_threads(n)`` inside the block; the previous count after it."""
         return _torch_threads(n)

@@ -238,8 +238,18 @@ def integrate(fun: Callable, y0: torch.Tensor, ts_host: np.ndarray, config: ODES
         accepted += 1
         f1 = stages[-1] if tab.fsal else None
         while next_out < n_out and ts_host[next_out] <= t1:
-            if ts_host[next_out] == t1:
+            if ts_host[next_out] == t1 and (not traced_times or last):
                 outputs.append(y1)
+            elif ts_host[next_out] == t1:
+                # An output on the end of a step (not the last, whose end moves with
+                # t[-1]): y1, moving as the solution does with the output time and with
+                # the step's end (the reference engine's rule). The slope is the next
+                # step's first stage: no extra evaluation; the offset is 0 in value.
+                if f1 is None:
+                    f1 = fun(at(t_b + h_b), y1)
+                    stats.nfe_forward += 1
+                offset = ts[next_out] - (t_b + h_b)
+                outputs.append(y1 + (offset - offset.detach()).to(dtype) * f1)
             else:
                 if f1 is None and tab.interpolation != "linear":
                     f1 = fun(at(t_end_b if last else t_b + h_b), y1)

@@ -127,6 +127,8 @@ def odeint(
     if check:
         _check_config(config, implementation)
         y0, t, args, direction = _prepare(y0, t, args)
+        if len(t) == 1:
+            return _no_integration(y0)
         _check_field(func, y0, t, args, adjoint=config.adjoint is not None)
     else:
         direction = 1 if t[-1] > t[0] else -1
@@ -162,6 +164,8 @@ def _odeint_torchdiffeq(func: Callable, y0: Any, t: Any, args: Any, config: ODES
     if check:
         _check_config(config, "torchdiffeq")
         y0, t, args, direction = _prepare(y0, t, args)
+        if len(t) == 1:
+            return _no_integration(y0)
         _check_field(func, y0, t, args, adjoint=config.adjoint is not None)
     else:
         direction = 1 if t[-1] > t[0] else -1
@@ -298,6 +302,12 @@ def _check_config(config: ODESolveConfig, implementation: str) -> None:
         )
 
 
+def _no_integration(y0: torch.Tensor) -> tuple[torch.Tensor, ODEStats]:
+    """The solve on a grid of one time: ``y0`` (a copy, differentiable), nothing
+    counted, as on the reference engine (and torchdiffeq)."""
+    return y0.unsqueeze(0).clone(), ODEStats()
+
+
 def _prepare(y0: Any, t: Any, args: Any) -> tuple[torch.Tensor, torch.Tensor, Any, int]:
     """Checked tensors: the state, the time grid on its device, ``args``; the direction."""
     y0 = y0 if isinstance(y0, torch.Tensor) else _from_numpy(y0)
@@ -398,7 +408,10 @@ class _AdjointSolve(torch.autograd.Function):
             with torch.enable_grad():
                 y = y.detach().requires_grad_(True)
                 dy = fun(s, y)
-                grads = torch.autograd.grad(dy, (y, *params), a, allow_unused=True)
+                if dy.requires_grad:
+                    grads = torch.autograd.grad(dy, (y, *params), a, allow_unused=True)
+                else:  # a field that reads neither y nor the parameters (f(t) only)
+                    grads = (None,) * (1 + len(params))
             a_theta = [torch.zeros(n, dtype=dtype, device=ys.device) if grad is None
                        else grad.reshape(-1).to(dtype)
                        for grad, n in zip(grads[1:], sizes, strict=True)]

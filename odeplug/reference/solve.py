@@ -347,8 +347,18 @@ def _integrate(fun, y0, ts, config: ODESolveConfig, stats: ODEStats, *, traced: 
         accepted += 1
         f1 = ks[-1] if method.fsal else None
         while next_out < n_out and ts_val[next_out] <= t1:
-            if ts_val[next_out] == t1:
+            if ts_val[next_out] == t1 and (ts_box is None or last):
                 outputs.append(y1)
+            elif ts_val[next_out] == t1:
+                # An output on the end of a step (not the last, whose end moves with
+                # t[-1]): y1, moving as the solution does with the output time and with
+                # the step's end (t[0] + k h). The slope is the next step's first stage,
+                # so it costs no evaluation; the offset is 0 in value, so y1 is exact.
+                if f1 is None:
+                    f1 = fun(t_b + h_b, y1)
+                    stats.nfe_forward += 1
+                offset = ts_box[next_out] - (t_b + h_b)
+                outputs.append(y1 + (offset - getval(offset)) * f1)
             else:
                 if f1 is None and tab.interpolation != "linear":
                     f1 = fun(t_end_b if last else t_b + h_b, y1)
@@ -428,6 +438,9 @@ def odeint(func: Callable, y0: Any, t: Any, args: Any, config: ODESolveConfig, *
     check_initial_state(y0_val)
     t_val = np.asarray(getval(t))
     direction = check_time_grid(t_val)
+    if t_val.shape[0] == 1:
+        # Nothing to solve: y0 itself (a copy), as torchdiffeq returns it.
+        return anp.reshape(y0, (1,) + y0_val.shape) * 1, ODEStats()
     if not isbox(t):
         t = t_val.astype(np.float64)
     shape, dtype = y0_val.shape, y0_val.dtype

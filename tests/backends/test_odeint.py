@@ -480,7 +480,7 @@ def test_backprop_vjps_counted_only_when_asked(engine, count_backward):
 @pytest.mark.parametrize("t, message", [
     (np.array([0.0, 1.0, 1.0]), "strictly"),
     (np.array([0.0, 1.0, 0.5]), "strictly"),
-    (np.array([0.0]), "at least two"),
+    (np.array([]), "at least one"),
     (np.array([[0.0, 1.0]]), "1-D"),
     (np.array([0.0, np.nan]), "NaN"),
 ])
@@ -520,6 +520,35 @@ def test_wrong_field_shape(engine):
 def test_bad_solver_arguments(engine, kwargs, message):
     with pytest.raises(ValueError, match=message):
         solve(engine, DECAY, **kwargs)
+
+
+def test_tuple_state_on_the_engine_of_its_arrays(engine):
+    """A tuple ``y0`` (torchdiffeq's tuple state) is solved on the engine of its arrays
+    (not NumPy's for torch tensors), with the single array's solution and counts."""
+    y0 = engine.asarray(DECAY.y0)
+    args = engine.tree(DECAY.args)
+    ys, stats = odeplug.odeint(lambda t, y, a: (DECAY.func(t, y[0], a), 2 * y[1]),
+                               (y0, y0[:2]), engine.asarray(DECAY.t), args,
+                               return_stats=True)
+    single = odeplug.odeint(DECAY.func, y0, engine.asarray(DECAY.t), args)
+    assert isinstance(ys, tuple) and len(ys) == 2
+    assert all(type(y) is type(single) for y in ys)
+    assert ys[0].shape == single.shape and ys[1].shape == (len(DECAY.t), 2)
+    np.testing.assert_allclose(engine.numpy(ys[0]), DECAY.solution(), rtol=1e-5)
+    np.testing.assert_allclose(engine.numpy(ys[1]),
+                               np.exp(2 * DECAY.t)[:, None] * DECAY.y0[:2], rtol=1e-5)
+    assert stats.n_steps > 0
+
+
+def test_tuple_state_errors(engine):
+    y0, t = engine.asarray(DECAY.y0), engine.asarray(DECAY.t)
+    with pytest.raises(TypeError, match="share one dtype"):
+        odeplug.odeint(lambda t, y, a: y, (y0, engine.asarray(DECAY.y0, np.float32)), t)
+    if engine.name != "reference":  # an engine's array with a NumPy one
+        with pytest.raises(TypeError, match="of one type"):
+            odeplug.odeint(lambda t, y, a: y, (y0, DECAY.y0.copy()), t)
+    with pytest.raises(ValueError, match="must return a tuple of 2 arrays"):
+        odeplug.odeint(lambda t, y, a: y[0], (y0, y0), t)
 
 
 def _assert_solution_so_far(error, problem, t, rtol=1e-6):
