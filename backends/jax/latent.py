@@ -78,7 +78,7 @@ class _Latent:
 
     def __init__(self, spec: LatentODESpec):
         self.spec = spec
-        hidden, activation = spec.encoder_hidden, spec.activation
+        hidden, activation = spec.encoder_hidden, spec.encoder_activation
         n_encoder = len(spec.encoder_field_sizes) - 1
         self.n_field = len(spec.field_sizes) - 1
         self.n_decoder = len(spec.decoder_sizes) - 1
@@ -90,7 +90,7 @@ class _Latent:
             return jnp.concatenate([dh, jnp.zeros_like(gap)], axis=1)
 
         def latent_field(t, z, params):
-            return mlp(params, "field", n_field, activation, z)
+            return mlp(params, "field", n_field, spec.field_activation, z)
 
         self.encoder_field, self.latent_field = encoder_field, latent_field
 
@@ -180,7 +180,7 @@ class _Latent:
         return out[:, : spec.latent_dim], out[:, spec.latent_dim :], info, failed_ys
 
     def decode(self, params, z):
-        return mlp(params, "decoder", self.n_decoder, self.spec.activation, z)
+        return mlp(params, "decoder", self.n_decoder, self.spec.decoder_activation, z)
 
 
 @functools.lru_cache(maxsize=32)

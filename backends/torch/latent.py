@@ -42,7 +42,7 @@ class LatentProgram:
         self.n_encoder_layers = len(spec.encoder_field_sizes) - 1
         self.n_field_layers = len(spec.field_sizes) - 1
         self.n_decoder_layers = len(spec.decoder_sizes) - 1
-        hidden, activation = spec.encoder_hidden, spec.activation
+        hidden, activation = spec.encoder_hidden, spec.encoder_activation
         n_encoder, n_field = self.n_encoder_layers, self.n_field_layers
 
         def encoder_field(t, y, params):
@@ -51,7 +51,7 @@ class LatentProgram:
             return torch.cat([dh, torch.zeros_like(gap)], dim=1)
 
         def latent_field(t, z, params):
-            return mlp(params, "field", n_field, activation, z)
+            return mlp(params, "field", n_field, spec.field_activation, z)
 
         self.encoder_field, self.latent_field = encoder_field, latent_field
 
@@ -108,7 +108,7 @@ class LatentProgram:
         return np.dtype(str(x.dtype).removeprefix("torch."))
 
     def _decode(self, params, z):
-        return mlp(params, "decoder", self.n_decoder_layers, self.spec.activation, z)
+        return mlp(params, "decoder", self.n_decoder_layers, self.spec.decoder_activation, z)
 
     def _noise_std(self, params, hyper: LatentHyper):
         if self.spec.fit_noise:
