@@ -66,7 +66,7 @@ def fit_spirals():
     n_train = 800
     model = odeplug.LatentODERegressor(
         backend=BACKEND, obs_times=data.obs_times, target_times=data.target_times,
-        encoder="rnn", latent_dim=4, encoder_hidden_sizes=(25,), field_hidden_sizes=(20,),
+        encoder="rnn", latent_dim=4, encoder_hidden_sizes=(25,), hidden_layer_sizes=(20,),
         decoder_hidden_sizes=(20,), batch_size=100, max_iter=200, tol=0.0,
         n_iter_no_change=200, random_state=0)
     model.fit(data.X[:n_train], data.y[:n_train])
