@@ -122,3 +122,41 @@ def test_nfe_has_the_counters_names(cls):
         model.fit(X, y) if cls is ODEClassifier else model.fit(X)
     assert set(model.nfe_) == {"nfe_forward", "nfe_backward"}
     assert model.nfe_["nfe_forward"] == model.curves_["nfe_forward"][-1]
+
+
+def test_format_1_files_read_in_todays_names():
+    """tests/golden/*.v1.odeplug were written with the old names (make_golden.py):
+    ``hidden_layer_sizes=(4, 4)`` was the classifier's state width then its field."""
+    import os
+
+    import odeplug
+
+    golden = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "golden")
+    clf = odeplug.load(os.path.join(golden, "classifier.v1.odeplug"))
+    assert (clf.latent_dim, clf.hidden_layer_sizes, clf.activation,
+            clf.embedding_activation) == (4, (4,), "tanh", "relu")
+    assert clf._spec.embed_dim == 4 and clf._spec.field_hidden == (4,)
+    cnf = odeplug.load(os.path.join(golden, "density.v1.odeplug"))
+    assert cnf.activation == "tanh" and not hasattr(cnf, "field_activation")
+    latent = odeplug.load(os.path.join(golden, "latent.v1.odeplug"))
+    assert latent.hidden_layer_sizes == (4,)
+    assert {latent.activation, latent.encoder_activation, latent.decoder_activation} \
+        == {"tanh"}
+    for model in (clf, cnf, latent):
+        assert set(model.nfe_) == {"nfe_forward", "nfe_backward"}
+        # Saved again, in today's names, it reads back the same.
+        again = odeplug.load(_saved(model)).get_params()
+        for key, value in model.get_params().items():
+            assert np.array_equal(again[key], value) if isinstance(value, np.ndarray) \
+                else again[key] == value, key
+
+
+def _saved(model):
+    import io
+
+    import odeplug
+
+    buffer = io.BytesIO()
+    odeplug.save(model, buffer)
+    return io.BytesIO(buffer.getvalue())
