@@ -397,7 +397,7 @@ def test_before_fit():
     (dict(kinetic_energy=-1.0), ValueError),
     (dict(jacobian_norm="a lot"), TypeError),
     (dict(hidden_layer_sizes=(0,)), ValueError),
-    (dict(field_activation="gelu"), ValueError),
+    (dict(activation="gelu"), ValueError),
     (dict(t1=0.0), ValueError),
 ])
 def test_bad_parameters(params, error):
