@@ -188,8 +188,8 @@ else:
                 f"{Path(args.model).name}; "
                 f"{'one timing' if REPEATS == 1 else f'{REPEATS} timings'} per setting")
 fitted_rtol = clf.rtol
-backward = clf.nfe_["backward"]
-print(f"training NFE per batch (last epoch): forward {clf.nfe_['forward']:.0f}, "
+backward = clf.nfe_["nfe_backward"]
+print(f"training NFE per batch (last epoch): forward {clf.nfe_['nfe_forward']:.0f}, "
       f"backward {'n/a' if backward is None else f'{backward:.0f}'}")
 
 # %%

@@ -51,7 +51,7 @@ import odeplug
 
 # The settings of the benchmark (tests/benchmarks/bench_conv.py's CONV) and of the
 # gallery's model file (docs/gallery_models/make_gallery_models.py).
-SETTINGS = dict(hidden_layer_sizes=(16, 16), solver="midpoint", step_size=0.25,
+SETTINGS = dict(latent_dim=16, hidden_layer_sizes=(16,), solver="midpoint", step_size=0.25,
                 adjoint=False, learning_rate="adaptive", learning_rate_init=1e-2,
                 n_iter_no_change=3, alpha=1e-3, batch_size=64, max_iter=40, tol=0.0)
 

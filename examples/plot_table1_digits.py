@@ -64,7 +64,7 @@ args = parser.parse_args()
 max_iter = args.max_iter or (10 if args.quick else 100)
 depths = (1.0, 4.0) if args.quick else (1.0, 2.0, 4.0, 8.0)
 
-common = {"hidden_layer_sizes": (128, 64), "max_iter": max_iter, "random_state": 0}
+common = {"hidden_layer_sizes": (64,), "latent_dim": 128, "max_iter": max_iter, "random_state": 0}
 models = {
     "MLP": MLPClassifier(hidden_layer_sizes=(128,), max_iter=max_iter, random_state=0),
     "ResNet": odeplug.ODEClassifier(backend=args.backend, solver="euler", step_size=1 / 6,

@@ -76,7 +76,7 @@ y_train = data.y[:n_train]
 if args.model is None:
     model = odeplug.LatentODERegressor(
         backend=BACKEND, obs_times=data.obs_times, target_times=data.target_times,
-        encoder="rnn", latent_dim=4, encoder_hidden_sizes=(25,), field_hidden_sizes=(20,),
+        encoder="rnn", latent_dim=4, encoder_hidden_sizes=(25,), hidden_layer_sizes=(20,),
         decoder_hidden_sizes=(20,), batch_size=100, max_iter=EPOCHS, tol=0.0,
         n_iter_no_change=EPOCHS, random_state=0)
     with warnings.catch_warnings():

@@ -398,9 +398,14 @@ class _Reader:
         values = {k: self.decode(v) for k, v in _of(body["fields"], dict, "fields").items()}
         known = {f.name: f for f in dataclasses.fields(cls)}
         # Fields a class has retired (its RETIRED_FIELDS) are read from older files and
-        # dropped.
+        # dropped; renamed ones (its RENAMED_FIELDS: old name -> the new names it became)
+        # are read under their new names, where the file has none of them.
         for retired in set(values) & getattr(cls, "RETIRED_FIELDS", frozenset()):
             del values[retired]
+        for old, new in getattr(cls, "RENAMED_FIELDS", {}).items():
+            if old in values and not set(new) & set(values):
+                value = values.pop(old)
+                values.update(dict.fromkeys(new, value))
         unknown = set(values) - set(known)
         if unknown:
             _fail(f"{name} has no fields {sorted(unknown)} in this odeplug")
@@ -515,7 +520,7 @@ def save(estimator, file, *, key: bytes | str | None = None) -> None:
     >>> X, y = make_moons(40, noise=0.1, random_state=0)
     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("ignore")  # not converged in 2 epochs
-    ...     clf = odeplug.ODEClassifier(hidden_layer_sizes=(4,), max_iter=2,
+    ...     clf = odeplug.ODEClassifier((), latent_dim=4, max_iter=2,
     ...                                 random_state=0).fit(X, y)
     >>> path = os.path.join(tempfile.mkdtemp(), "model.odeplug")
     >>> odeplug.save(clf, path)
@@ -723,7 +728,7 @@ def load(file, backend: str | None = None, *, expected: type | tuple[type, ...] 
     >>> from sklearn.datasets import make_moons
     >>> import odeplug
     >>> X, y = make_moons(60, noise=0.1, random_state=0)
-    >>> clf = odeplug.ODEClassifier(hidden_layer_sizes=(4,), max_iter=5,
+    >>> clf = odeplug.ODEClassifier((), latent_dim=4, max_iter=5,
     ...                             random_state=0).fit(X, y)
     >>> file = io.BytesIO()
     >>> odeplug.save(clf, file)
@@ -822,8 +827,6 @@ def _build(model: Any, tensors: dict[str, np.ndarray], *, expected, field=None):
             raise TypeError(f"field= takes an odeplug.UserField, got {field!r:.100}")
     reader = _Reader(tensors, field)
     params = {k: reader.decode(v) for k, v in _of(model["params"], dict, "params").items()}
-    estimator = cls(**params)  # an unknown parameter is a TypeError
-    validate_params(estimator)
     fitted = {}
     for attr, node in _of(model["fitted"], dict, "fitted").items():
         # Data attributes only: none that shadows a method or a parameter.
@@ -831,6 +834,13 @@ def _build(model: Any, tensors: dict[str, np.ndarray], *, expected, field=None):
                 or attr in params or attr in _NOT_SAVED or attr == "params_"):
             _fail(f"it sets the attribute {attr!r:.80}, which is no fitted attribute")
         fitted[attr] = reader.decode(node)
+    # Files written before a parameter was renamed: the estimator class says what its
+    # old names mean now (ODEEstimatorBase._upgrade_saved).
+    upgrade = getattr(cls, "_upgrade_saved", None)
+    if upgrade is not None:
+        params, fitted = upgrade(params, fitted)
+    estimator = cls(**params)  # an unknown parameter is a TypeError
+    validate_params(estimator)
     order = model["parameters"]
     if order is not None:
         canonical = {}

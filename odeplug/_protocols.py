@@ -24,8 +24,10 @@ import numpy as np
 
 __all__ = [
     "INFERENCE_DTYPE",
+    "ROW_COUNTERS",
     "ClassifierProgram",
     "DensityProgram",
+    "FlowMatchingProgram",
     "LatentProgram",
     "Params",
     "RowStats",
@@ -72,6 +74,12 @@ class TrainingProgram(Protocol):
         """One optimiser step on a minibatch; returns the new state and the metrics of
         the parameters the step started from."""
 
+    def evaluate(self, state: Any, batch: tuple[np.ndarray, ...], hyper: Any
+                 ) -> dict[str, float | None]:
+        """The metrics of ``step`` for the state's parameters, without a step (the
+        training loop checks the parameters it keeps; the latent ODE's early stopping
+        scores held-out series). ``state`` is unchanged."""
+
     def get_params(self, state: Any) -> Params:
         """Canonical parameters of a state (copies: later steps do not change them)."""
 
@@ -87,8 +95,15 @@ class ClassifierProgram(TrainingProgram, Protocol):
 
 @runtime_checkable
 class DensityProgram(TrainingProgram, Protocol):
-    """A continuous normalizing flow: data at time 0 is carried to the base distribution
-    at ``t1``. Sampling is :meth:`inverse_transform` of base draws."""
+    """A continuous normalizing flow (``CNFSpec``, or ``CNFTrainingSpec`` for training):
+    data at time 0 is carried to the base distribution at ``t1``. Sampling is
+    :meth:`inverse_transform` of base draws. Batch: ``(X,)``, or ``(X, probes)`` with
+    Hutchinson's trace."""
+
+    def velocity(self, params: Any, t: Any, z: Any) -> Any:
+        """``f(t, z)``, the vector field, on the engine's arrays: ``params`` as the
+        engine's training state holds them, ``z`` of shape ``(m, n_features)`` at one
+        time ``t`` (the engine's flow matching program regresses it)."""
 
     def log_density(self, params: Params, X: np.ndarray, hyper: Any
                     ) -> tuple[np.ndarray, RowStats]:
@@ -101,6 +116,13 @@ class DensityProgram(TrainingProgram, Protocol):
     def inverse_transform(self, params: Params, Z: np.ndarray, hyper: Any
                           ) -> tuple[np.ndarray, RowStats]:
         """``z(0)`` from base points at ``t1`` (the reverse solve)."""
+
+
+@runtime_checkable
+class FlowMatchingProgram(TrainingProgram, Protocol):
+    """A CNF's field trained by flow matching (``FlowMatchingSpec``): a training program
+    only, on the CNF's parameters; inference is the CNF's own program. Batch: ``(t,
+    x_t, target)`` (odeplug._flow_matching draws it)."""
 
 
 @runtime_checkable

@@ -248,7 +248,7 @@ class ODENetSpec(ModelSpec):
     its shape, ``(C,)`` or ``(C, L)`` or ``(C, H, W)``).
 
     Without layers given (``embed_layer``, ``field_layer``, ``head_layer`` None) it is
-    the MLP ODE-Net: ``embed = Dense(embed_dim, activation)``; the field an MLP of
+    the MLP ODE-Net: ``embed = Dense(embed_dim, embed_activation)``; the field an MLP of
     ``[z, t]`` (hidden layers of widths ``field_hidden`` with ``field_activation``, then
     a linear layer back to the state); ``head = Dense(n_outputs)``. Parameter names
     (weights ``(fan_in, fan_out)``, applied as ``x @ W + b``): ``embed.weight``,
@@ -262,13 +262,17 @@ class ODENetSpec(ModelSpec):
 
     family: ClassVar[str] = "classifier"
     program: ClassVar[tuple[str, str]] = ("odenet", "ODENetProgram")
+    # Fields of model files written before the one vocabulary (format 1, issue 19):
+    # old name -> its new names (odeplug._persistence).
+    RENAMED_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "activation": ("embed_activation",)}
 
     n_features: int
     n_outputs: int
     embed_dim: int
     field_hidden: tuple[int, ...]
     augment_dim: int
-    activation: str
+    embed_activation: str
     field_activation: str
     dtype: str = "float32"
     input_shape: tuple[int, ...] | None = None
@@ -291,9 +295,9 @@ class ODENetSpec(ModelSpec):
         """``(embed, field, head)``, the MLP ODE-Net's where not given."""
         from .layers import ConcatTime, Dense, Sequential
 
-        factor = glorot_factor(self.activation)
+        factor = glorot_factor(self.embed_activation)
         embed = (self.embed_layer if self.embed_layer is not None
-                 else Dense(self.embed_dim, self.activation, factor))
+                 else Dense(self.embed_dim, self.embed_activation, factor))
         if self.field_layer is not None:
             field = self.field_layer
         else:
@@ -509,8 +513,10 @@ class LatentODESpec(ModelSpec):
     :mod:`odeplug.layers` or an :class:`odeplug.UserField` mapping latent vectors
     ``(latent_dim,)`` to themselves; ``t`` measured from the series' first
     observation), or, where None, an MLP of ``z`` alone (autonomous) with hidden layers
-    ``field_hidden`` and ``activation``, a linear last layer. Decoder: an MLP from ``z``
-    to the ``n_channels`` observations. Likelihood: Gaussian, of standard deviation
+    ``field_hidden`` and ``field_activation``, a linear last layer. Decoder: an MLP from
+    ``z`` to the ``n_channels`` observations. The activations are per part:
+    ``encoder_activation`` (the encoder's field and head), ``field_activation``,
+    ``decoder_activation``. Likelihood: Gaussian, of standard deviation
     ``exp(likelihood.log_std)`` per channel when ``fit_noise``, else the fixed
     ``LatentHyper.noise_std``.
 
@@ -523,6 +529,9 @@ class LatentODESpec(ModelSpec):
 
     family: ClassVar[str] = "latent"
     program: ClassVar[tuple[str, str]] = ("latent", "LatentProgram")
+    # Format 1 had one activation for every part (odeplug._persistence).
+    RENAMED_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "activation": ("field_activation", "encoder_activation", "decoder_activation")}
 
     n_channels: int
     latent_dim: int
@@ -531,7 +540,9 @@ class LatentODESpec(ModelSpec):
     encoder_field_hidden: tuple[int, ...]
     field_hidden: tuple[int, ...]
     decoder_hidden: tuple[int, ...]
-    activation: str
+    encoder_activation: str
+    field_activation: str
+    decoder_activation: str
     fit_noise: bool
     dtype: str = "float32"
     field_layer: Any = None
@@ -554,8 +565,8 @@ class LatentODESpec(ModelSpec):
             return self.field_layer
         from .layers import Dense, Sequential
 
-        factor = glorot_factor(self.activation)
-        hidden = [Dense(h, self.activation, factor) for h in self.field_hidden]
+        factor = glorot_factor(self.field_activation)
+        hidden = [Dense(h, self.field_activation, factor) for h in self.field_hidden]
         return Sequential([*hidden, Dense(self.latent_dim, factor=factor)])
 
     @property
@@ -576,14 +587,17 @@ class LatentODESpec(ModelSpec):
         return (self.latent_dim, *self.decoder_hidden, self.n_channels)
 
     def param_table(self) -> dict[str, Param]:
-        factor = glorot_factor(self.activation)
+        # scikit-learn's Glorot factor, per part (the same draws as one activation for
+        # all when they agree).
+        encoder = glorot_factor(self.encoder_activation)
         table = gru_params("encoder.gru", self.gru_inputs, self.encoder_hidden)
         if self.encoder == "ode_rnn":
-            table.update(mlp_params("encoder.field", self.encoder_field_sizes, factor=factor))
+            table.update(mlp_params("encoder.field", self.encoder_field_sizes, factor=encoder))
         table.update(dense_params("encoder.head", self.encoder_hidden, 2 * self.latent_dim,
-                                  factor=factor))
+                                  factor=encoder))
         table.update(self.field().param_table(self.state_shape, "field"))
-        table.update(mlp_params("decoder", self.decoder_sizes, factor=factor))
+        table.update(mlp_params("decoder", self.decoder_sizes,
+                                factor=glorot_factor(self.decoder_activation)))
         if self.fit_noise:
             table["likelihood.log_std"] = Param((self.n_channels,), Zeros())
         return table

@@ -84,9 +84,9 @@ class UserField(Layer):
     Notes
     -----
     The state. The module sees the ODE state that odeplug's embedding gives: for
-    ``ODEClassifier`` on flat rows, width ``hidden_layer_sizes[0] + augment_dim``; with
-    ``input_shape=(C, H, W)`` the convolutional stem's ``(hidden_layer_sizes[0] +
-    augment_dim, H', W')``. It must return a derivative of the state's shape (checked
+    ``ODEClassifier`` on flat rows, width ``latent_dim + augment_dim``; with
+    ``input_shape=(C, H, W)`` the convolutional stem's ``(latent_dim + augment_dim, H',
+    W')``. It must return a derivative of the state's shape (checked
     when the model is built, with a clear error).
 
     Time. ``t`` has the state's dtype. On torch it is a 0-d tensor during training and,
@@ -302,7 +302,7 @@ def _output_shape(field: UserField, in_shape: tuple[int, ...]) -> tuple[int, ...
         raise ValueError(
             f"field={field!r} fails on the ODE state of shape {in_shape} ({batch}): "
             f"{type(error).__name__}: {error}. The module maps the state (ODEClassifier: "
-            "width hidden_layer_sizes[0] + augment_dim for flat rows; LatentODERegressor: "
+            "width latent_dim + augment_dim for flat rows; LatentODERegressor: "
             "latent_dim) to its derivative") from error
 
 

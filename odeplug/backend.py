@@ -143,7 +143,8 @@ class Backend(abc.ABC):
         >>> import odeplug
         >>> from odeplug._specs import ODENetSpec
         >>> spec = ODENetSpec(n_features=2, n_outputs=2, embed_dim=4, field_hidden=(4,),
-        ...                   augment_dim=0, activation="relu", field_activation="tanh")
+        ...                   augment_dim=0, embed_activation="relu",
+        ...                   field_activation="tanh")
         >>> type(odeplug.get_backend("reference").make_program(spec)).__name__
         'ODENetProgram'
         """

@@ -129,7 +129,7 @@ class TrainingDivergedError(RuntimeError):
     >>> from sklearn.datasets import make_moons
     >>> from odeplug import ODEClassifier, TrainingDivergedError
     >>> X, y = make_moons(60, random_state=0)
-    >>> clf = ODEClassifier(hidden_layer_sizes=(4,), learning_rate_init=1e8, max_iter=5,
+    >>> clf = ODEClassifier((), latent_dim=4, learning_rate_init=1e8, max_iter=5,
     ...                     random_state=0)
     >>> try:
     ...     clf.fit(X, y)

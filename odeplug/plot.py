@@ -361,7 +361,7 @@ def measure_nfe(estimator, X, rtols=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5), *, atol_rati
     >>> from odeplug import ODEClassifier
     >>> from odeplug.plot import measure_nfe
     >>> X, y = make_moons(60, noise=0.1, random_state=0)
-    >>> clf = ODEClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0).fit(X, y)
+    >>> clf = ODEClassifier((), latent_dim=4, max_iter=5, random_state=0).fit(X, y)
     >>> m = measure_nfe(clf, X, rtols=[1e-2, 1e-5], repeats=1)
     >>> bool(m["nfe"][1] > m["nfe"][0]), bool(m["error"][1] < m["error"][0])
     (True, True)
@@ -445,7 +445,7 @@ def plot_nfe(data, kind="training", *, ax=None, label=None, title=None, **line_k
     >>> from odeplug import ODEClassifier
     >>> from odeplug.plot import plot_nfe
     >>> X, y = make_moons(60, noise=0.1, random_state=0)
-    >>> clf = ODEClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0).fit(X, y)
+    >>> clf = ODEClassifier((), latent_dim=4, max_iter=5, random_state=0).fit(X, y)
     >>> ax = plot_nfe(clf, kind="training")
     >>> ax.get_xlabel()
     'training epoch'

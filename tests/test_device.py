@@ -38,7 +38,7 @@ ESTIMATOR_NAMES = ("ODEClassifier", "CNFDensity", "LatentODERegressor")
 
 
 def tiny(**kwargs):
-    params = dict(hidden_layer_sizes=(4, 4), max_iter=2, batch_size=20,
+    params = dict(hidden_layer_sizes=(4,), latent_dim=4, max_iter=2, batch_size=20,
                   learning_rate_init=0.02, random_state=0)
     params.update(kwargs)
     return ODEClassifier(**params)
@@ -81,7 +81,10 @@ def test_every_estimator_declares_and_documents_device_after_backend():
         cls = getattr(odeplug, name, None)
         if cls is None:
             continue
-        assert list(inspect.signature(cls).parameters)[:2] == ["backend", "device"], name
+        # After the architecture's parameters (the main size first, keyword-only after
+        # it: docs/architecture.md, "One vocabulary"), the engine then its device.
+        names = list(inspect.signature(cls).parameters)
+        assert names[names.index("backend") + 1] == "device", name
         doc = cls.__doc__
         assert doc.count("    device : {") == 1, name
         assert doc.index("backend :") < doc.index("    device : {"), name
@@ -296,7 +299,7 @@ _SHARDED_FIT = textwrap.dedent("""
     for parallel in (False, True):
         with odeplug.config_context(data_parallel=parallel):
             clf = odeplug.ODEClassifier(
-                backend="jax", hidden_layer_sizes=(4, 4), max_iter=3, batch_size=8,
+                backend="jax", hidden_layer_sizes=(4,), latent_dim=4, max_iter=3, batch_size=8,
                 learning_rate_init=0.02, random_state=0).fit(X, y)
         state = clf._train_state[1]["params"]
         fits[parallel] = dict(
@@ -350,7 +353,8 @@ def test_sharded_training_over_two_cpu_devices_matches_one_device():
 @pytest.mark.parametrize("name", ["torch", "jax"])
 def test_a_fit_on_the_gpu_agrees_with_the_cpu_and_predicts_on_it(name):
     gpu_or_skip(name)
-    kwargs = dict(backend=name, hidden_layer_sizes=(8, 8), max_iter=3, batch_size=20)
+    kwargs = dict(backend=name, hidden_layer_sizes=(8,), latent_dim=8, max_iter=3,
+                  batch_size=20)
     cpu = tiny(device="cpu", **kwargs).fit(X, Y)
     gpu = tiny(device="cuda", **kwargs).fit(X, Y)
     assert all(type(v) is np.ndarray for v in gpu.params_.values())

@@ -208,7 +208,7 @@ def test_the_cheaper_predictions_of_the_pages_cost_fewer_nfe_per_input(page, eng
     X = StandardScaler().fit_transform(X)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning of three epochs
-        clf = odeplug.ODEClassifier(backend=engine.name, hidden_layer_sizes=(32,),
+        clf = odeplug.ODEClassifier(backend=engine.name, hidden_layer_sizes=(), latent_dim=32,
                                     max_iter=3, random_state=0).fit(X[:600], y[:600])
     Z = X[600:800]
     default = clf.inference_stats(Z)["nfe_forward"].mean()

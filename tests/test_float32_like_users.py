@@ -23,7 +23,7 @@ COMMON = dict(max_iter=3, random_state=0)
 # family: (model on an engine, training data, inference outputs)
 FAMILIES = {
     "classifier": (
-        lambda engine: odeplug.ODEClassifier(hidden_layer_sizes=(8, 8), batch_size=32,
+        lambda engine: odeplug.ODEClassifier((8,), latent_dim=8, batch_size=32,
                                              learning_rate_init=0.02, backend=engine,
                                              **COMMON),
         (X, Y), lambda m: {"predict_proba": m.predict_proba(X)}),

@@ -35,7 +35,8 @@ GRID = {"learning_rate_init": [0.01, 0.05]}
 
 
 def tiny(cls=ODEClassifier, **kwargs):
-    params = dict(hidden_layer_sizes=(4,), max_iter=2, batch_size=24, random_state=0)
+    params = dict(hidden_layer_sizes=(), latent_dim=4, max_iter=2, batch_size=24,
+                  random_state=0)
     params.update(kwargs)
     return cls(**params)
 

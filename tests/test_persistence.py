@@ -32,7 +32,7 @@ LABELS = np.array(["left", "right"])[Y]  # string labels: classes_ of dtype <U5
 
 
 def tiny(cls=ODEClassifier, **kwargs):
-    params = dict(hidden_layer_sizes=(4, 4), max_iter=2, batch_size=20,
+    params = dict(hidden_layer_sizes=(4,), latent_dim=4, max_iter=2, batch_size=20,
                   learning_rate_init=0.02, random_state=0)
     params.update(kwargs)
     return cls(**params)
@@ -151,7 +151,7 @@ FAMILIES = {
         lambda m: [m.score_samples(X), m.transform(X), m.sample(3, random_state=0)]),
     "LatentODERegressor": (
         lambda cls: cls(obs_times=SERIES_TIMES, target_times=SERIES_TARGETS, encoder="rnn",
-                        latent_dim=2, encoder_hidden_sizes=(4,), field_hidden_sizes=(4,),
+                        latent_dim=2, encoder_hidden_sizes=(4,), hidden_layer_sizes=(4,),
                         decoder_hidden_sizes=(), solver="bosh3", batch_size=16, max_iter=2,
                         random_state=0).fit(*_series()),
         lambda m: [*m.predict(_series()[0], return_std=True), m.transform(_series()[0])]),
@@ -245,6 +245,7 @@ def test_feature_names_round_trip():
 
 def test_parameters_of_every_kind_round_trip():
     model = tiny(max_iter=1, random_state=np.random.RandomState(7), hidden_layer_sizes=[4],
+                 latent_dim=4,
                  adjoint=BacksolveAdjoint(rtol=1e-5, seminorm=True), early_stopping=True,
                  validation_fraction=0.25)
     model.fit(X, Y)
@@ -283,7 +284,7 @@ class Annotated(ODEClassifier):
 
 
 def test_a_family_with_fitted_attributes_of_every_kind_round_trips():
-    model = Annotated(hidden_layer_sizes=(3,), max_iter=1, random_state=0).fit(X, Y)
+    model = Annotated((), latent_dim=3, max_iter=1, random_state=0).fit(X, Y)
     loaded = from_bytes(to_bytes(model))
     assert type(loaded) is Annotated
     assert_same(saved_state(loaded), saved_state(model))
@@ -298,7 +299,7 @@ class Unsaveable(ODEClassifier):
 
 
 def test_a_value_outside_the_format_is_refused_when_saving_and_named():
-    model = Unsaveable(hidden_layer_sizes=(3,), max_iter=1, random_state=0).fit(X, Y)
+    model = Unsaveable((), latent_dim=3, max_iter=1, random_state=0).fit(X, Y)
     with pytest.raises(TypeError, match=r"fitted\.callback_\.on_epoch: .*builtin"):
         to_bytes(model)
     with pytest.raises(TypeError, match="odeplug estimators"):
@@ -377,7 +378,7 @@ def pickle_free(data: bytes) -> list[str]:
 
 
 def test_files_hold_no_pickle_and_no_code(fitted, tmp_path):
-    model = Annotated(hidden_layer_sizes=(3,), max_iter=1, random_state=0).fit(X, Y)
+    model = Annotated((), latent_dim=3, max_iter=1, random_state=0).fit(X, Y)
     for estimator in (model, fitted["reference"]):
         assert pickle_free(to_bytes(estimator)) == []
     # The check finds what it looks for.
@@ -388,7 +389,7 @@ def test_files_hold_no_pickle_and_no_code(fitted, tmp_path):
 
 
 def test_loading_needs_no_unpickler_no_marshal_and_no_eval(fitted, monkeypatch):
-    data = to_bytes(Annotated(hidden_layer_sizes=(3,), max_iter=1, random_state=0).fit(X, Y))
+    data = to_bytes(Annotated((), latent_dim=3, max_iter=1, random_state=0).fit(X, Y))
     from_bytes(data)  # imports done before the blockade: importing runs exec
 
     def blocked(*args, **kwargs):

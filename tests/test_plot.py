@@ -39,7 +39,7 @@ def _assert_labelled(ax):
 @pytest.fixture(scope="module")
 def fitted():
     X, y = make_moons(80, noise=0.1, random_state=0)
-    clf = odeplug.ODEClassifier(backend="reference", hidden_layer_sizes=(4, 8), max_iter=4,
+    clf = odeplug.ODEClassifier((8,), latent_dim=4, backend="reference", max_iter=4,
                                 learning_rate_init=0.01, random_state=0)
     import warnings
 

@@ -79,7 +79,7 @@ class _Latent:
 
     def __init__(self, spec: LatentODESpec):
         self.spec = spec
-        hidden, activation = spec.encoder_hidden, spec.activation
+        hidden, activation = spec.encoder_hidden, spec.encoder_activation
         n_encoder = len(spec.encoder_field_sizes) - 1
         self.n_decoder = len(spec.decoder_sizes) - 1
 
@@ -178,7 +178,7 @@ class _Latent:
         return out[:, : spec.latent_dim], out[:, spec.latent_dim :], info, failed_ys
 
     def decode(self, params, z):
-        return mlp(params, "decoder", self.n_decoder, self.spec.activation, z)
+        return mlp(params, "decoder", self.n_decoder, self.spec.decoder_activation, z)
 
 
 @functools.lru_cache(maxsize=32)

@@ -42,7 +42,7 @@ class LatentProgram:
         self.penalized = spec.penalized_names()
         self.n_encoder_layers = len(spec.encoder_field_sizes) - 1
         self.n_decoder_layers = len(spec.decoder_sizes) - 1
-        hidden, activation = spec.encoder_hidden, spec.activation
+        hidden, activation = spec.encoder_hidden, spec.encoder_activation
         n_encoder = self.n_encoder_layers
 
         def encoder_field(t, y, params):
@@ -107,7 +107,7 @@ class LatentProgram:
         return np.dtype(str(x.dtype).removeprefix("torch."))
 
     def _decode(self, params, z):
-        return mlp(params, "decoder", self.n_decoder_layers, self.spec.activation, z)
+        return mlp(params, "decoder", self.n_decoder_layers, self.spec.decoder_activation, z)
 
     def _noise_std(self, params, hyper: LatentHyper):
         if self.spec.fit_noise:

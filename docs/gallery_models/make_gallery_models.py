@@ -31,7 +31,7 @@ import odeplug
 HERE = Path(__file__).resolve().parent
 BACKEND = "jax"  # the fastest fit of the three engines; the files load on any engine
 # examples/plot_conv_digits.py's SETTINGS (tests/benchmarks/bench_conv.py's CONV).
-CONV_DIGITS = dict(hidden_layer_sizes=(16, 16), solver="midpoint", step_size=0.25,
+CONV_DIGITS = dict(latent_dim=16, hidden_layer_sizes=(16,), solver="midpoint", step_size=0.25,
                    adjoint=False, learning_rate="adaptive", learning_rate_init=1e-2,
                    n_iter_no_change=3, alpha=1e-3, batch_size=64, max_iter=40, tol=0.0)
 
@@ -88,7 +88,7 @@ def fit_spirals():
     n_train = 800
     model = odeplug.LatentODERegressor(
         backend=BACKEND, obs_times=data.obs_times, target_times=data.target_times,
-        encoder="rnn", latent_dim=4, encoder_hidden_sizes=(25,), field_hidden_sizes=(20,),
+        encoder="rnn", latent_dim=4, encoder_hidden_sizes=(25,), hidden_layer_sizes=(20,),
         decoder_hidden_sizes=(20,), batch_size=100, max_iter=200, tol=0.0,
         n_iter_no_change=200, random_state=0)
     model.fit(data.X[:n_train], data.y[:n_train])

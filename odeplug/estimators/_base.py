@@ -89,10 +89,12 @@ COMMON_CONSTRAINTS: dict[str, list] = {
 }
 
 
-# The vector field of the ODE-Net and the CNF: an MLP of [z, t].
+# The vector field's parameters, the same names in every estimator (docs/architecture.md,
+# "One vocabulary"): unprefixed names are the field's, a part's prefix names another part
+# (embedding_activation, encoder_hidden_sizes, ...).
 FIELD_CONSTRAINTS: dict[str, list] = {
     "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-    "field_activation": [StrOptions(set(ACTIVATIONS))],
+    "activation": [StrOptions(set(ACTIVATIONS))],
 }
 
 
@@ -123,6 +125,13 @@ class ODEEstimatorBase(BaseEstimator):
             raise ValueError(f"input_shape {shape} has {int(np.prod(shape))} entries, but "
                              f"X has {n_features} features")
         return shape
+    @classmethod
+    def _hidden_sizes(cls, sizes, name: str = "hidden_layer_sizes") -> tuple[int, ...]:
+        """Hidden layer widths: as :meth:`_positive_sizes`, and an empty sequence (no
+        hidden layer: a linear map) too."""
+        if isinstance(sizes, (tuple, list)) and len(sizes) == 0:
+            return ()
+        return cls._positive_sizes(name, sizes)
 
     def _solve_config(self) -> ODESolveConfig:
         """Solver settings, read anew at every call (so set_params(rtol=...) after fit
@@ -277,8 +286,9 @@ class ODEEstimatorBase(BaseEstimator):
         self.curves_ = {name: list(values) for name, values in history.curves.items()}
         self.n_iter_ = history.n_iter
         self.t_ = history.t_
-        self.nfe_ = {"forward": history.last("nfe_forward"),
-                     "backward": history.last("nfe_backward")}
+        # The counters' names of the whole library (curves_, inference_stats).
+        self.nfe_ = {"nfe_forward": history.last("nfe_forward"),
+                     "nfe_backward": history.last("nfe_backward")}
         if self.early_stopping:
             self.validation_scores_ = list(history.validation_scores)
             self.best_validation_score_ = history.best_validation_score
@@ -293,6 +303,27 @@ class ODEEstimatorBase(BaseEstimator):
             raise ValueError(
                 "partial_fit does not support early_stopping=True (as scikit-learn's MLP): "
                 "use fit, or set early_stopping=False")
+
+    # ------------------------------------------------------------ model files
+
+    # Names of parameters in model files written before they were renamed (format 1,
+    # before issue 19's one vocabulary): old name -> new name. A family with a change
+    # that is not a rename overrides :meth:`_upgrade_saved` as well.
+    RENAMED_PARAMS: dict[str, str] = {}
+
+    @classmethod
+    def _upgrade_saved(cls, params: dict[str, Any], fitted: dict[str, Any]
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The parameters and fitted attributes of a model file, in today's names
+        (:func:`odeplug.load` calls it; a file of today's names comes back as it is)."""
+        params = dict(params)
+        for old, new in cls.RENAMED_PARAMS.items():
+            if old in params and new not in params:
+                params[new] = params.pop(old)
+        nfe = fitted.get("nfe_")
+        if isinstance(nfe, dict) and set(nfe) == {"forward", "backward"}:
+            fitted = {**fitted, "nfe_": {f"nfe_{k}": v for k, v in nfe.items()}}
+        return params, fitted
 
     # -------------------------------------------------------------- inference
 

@@ -25,8 +25,9 @@ __all__ = ["ODEClassifier"]
 class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     """ODE-Net classifier: a residual network of continuous depth (Chen et al. 2018).
 
-    Each input is embedded, ``z0 = act(x @ W + b)`` (padded with ``augment_dim`` zeros,
-    Dupont et al. 2019), carried from time 0 to ``t1`` by ``dz/dt = f(t, z)`` with ``f``
+    Each input is embedded, ``z0 = act(x @ W + b)`` of width ``latent_dim`` (padded with
+    ``augment_dim`` zeros, Dupont et al. 2019), carried from time 0 to ``t1`` by
+    ``dz/dt = f(t, z)`` with ``f``
     an MLP of ``[z, t]``, and classified by a linear softmax head on ``z(t1)``. With
     ``field="conv"`` and image or signal rows (``input_shape``), the paper's
     convolutional ODE-Net instead (a convolutional stem, a convolutional field, global
@@ -38,6 +39,24 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
 
     Parameters
     ----------
+    hidden_layer_sizes : tuple of int, default=(64,)
+        Hidden layers of the vector field ``f`` (none: a linear field); with
+        ``field="conv"``, the channels of its hidden convolutions. The same meaning in
+        every odeplug estimator. With ``latent_dim=128`` and ``max_iter=100`` the
+        defaults reach 0.98 test accuracy on scikit-learn's digits
+        (``docs/benchmarks.md``).
+    latent_dim : int, default=128
+        Width of the ODE's state: the embedding's width (its channels with
+        ``field="conv"`` or an image ``input_shape``), before ``augment_dim``.
+    activation : {"tanh", "softplus", "logistic", "relu", "identity"}, default="tanh"
+        Activation of the vector field's hidden layers (as in every odeplug
+        estimator). A smooth one keeps adaptive solvers efficient: with "relu" the
+        field has kinks, the error estimates become erratic and tightening the
+        tolerance costs far more steps.
+    embedding_activation : {"relu", "tanh", "softplus", "logistic", "identity"}, \
+default="relu"
+        Activation of the embedding (and, with ``field="conv"``, of the head before
+        its pooling).
     backend : str, default=None
         ``"reference"`` (NumPy + autograd), ``"torch"`` (torchdiffeq) or ``"jax"``
         (diffrax). None: ``odeplug.set_config``/``config_context``, then the environment
@@ -51,17 +70,6 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         model fitted on a GPU predicts on a CPU-only machine. On jax, training steps are
         data parallel over all devices of the platform when it has several
         (``odeplug.set_config(data_parallel=False)`` turns it off).
-    hidden_layer_sizes : tuple of int, default=(128, 64)
-        ``hidden_layer_sizes[0]`` is the width of the ODE state (the embedding); the
-        rest are the hidden layers of the vector field (none: a linear field). The
-        defaults, with ``max_iter=100``, reach 0.98 test accuracy on scikit-learn's
-        digits (``docs/benchmarks.md``).
-    activation : {"relu", "tanh", "softplus", "logistic", "identity"}, default="relu"
-        Activation of the embedding.
-    field_activation : {"tanh", "softplus", "logistic", "relu", "identity"}, default="tanh"
-        Activation of the vector field's hidden layers. A smooth one keeps adaptive
-        solvers efficient: with "relu" the field has kinks, the error estimates become
-        erratic and tightening the tolerance costs far more steps.
     augment_dim : int, default=0
         Zeros appended to the state (augmented neural ODE).
     t1 : float, default=1.0
@@ -111,12 +119,13 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         Continue from the fitted parameters on the next ``fit``.
     field : {"mlp", "conv"}, odeplug.layers.Layer or odeplug.UserField, default="mlp"
         The vector field. "mlp": an MLP of ``[z, t]`` on the flat state, hidden layers
-        ``hidden_layer_sizes[1:]``. "conv": the convolutional ODE-Net of Chen et al.
-        (2018) on rows of ``input_shape`` (required): a stem of ``hidden_layer_sizes[0]``
+        ``hidden_layer_sizes``. "conv": the convolutional ODE-Net of Chen et al.
+        (2018) on rows of ``input_shape`` (required): a stem of ``latent_dim``
         channels (a 3-wide convolution, then stride-2 ones while the input is larger
-        than 12 along an axis), a field ``GroupNorm, field_activation, ConcatTime(Conv)``
-        per width of ``hidden_layer_sizes[1:]`` and one back to the state's channels,
-        then a GroupNorm; a head ``GroupNorm, activation, GlobalAvgPool, Dense``. A
+        than 12 along an axis), a field ``GroupNorm, activation, ConcatTime(Conv)``
+        per width of ``hidden_layer_sizes`` and one back to the state's channels,
+        then a GroupNorm; a head ``GroupNorm, embedding_activation, GlobalAvgPool,
+        Dense``. A
         layer (``odeplug.layers.Sequential(...)``): the field itself, mapping states to
         states of the same shape, with the MLP's embedding and head on flat rows and
         the convolutional ones where ``input_shape`` has channels and positions. Strings
@@ -126,7 +135,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         engine only) or an ``equinox.Module`` with diffrax's ``__call__(t, y, args)`` on
         one row (the jax engine only; any other engine is refused before anything
         changes, naming the module's framework and its engine). It sees the state of
-        width ``hidden_layer_sizes[0] + augment_dim`` (the stem's channels and positions
+        width ``latent_dim + augment_dim`` (the stem's channels and positions
         with an image ``input_shape``) and must return that shape. A class and its
         keyword arguments, not an instance: ``clone`` deep-copies parameters and grids
         compare them, so an instance's weights would leak between fits; every fit
@@ -162,8 +171,9 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     t_ : int
         Training samples seen.
     nfe_ : dict
-        ``{"forward": ..., "backward": ...}``: mean function evaluations per minibatch in
-        the last epoch (backward is None where the engine does not report it).
+        ``{"nfe_forward": ..., "nfe_backward": ...}``: mean function evaluations per
+        minibatch in the last epoch (backward is None where the engine does not report
+        it); the keys of ``curves_`` and of :meth:`inference_stats`.
     curves_ : dict of str to list
         Mean per minibatch of each epoch of every training metric: ``loss``,
         ``nfe_forward``, ``nfe_backward`` (None entries where the engine does not report
@@ -184,7 +194,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     >>> from sklearn.datasets import make_moons
     >>> from odeplug import ODEClassifier
     >>> X, y = make_moons(100, noise=0.1, random_state=0)
-    >>> clf = ODEClassifier(hidden_layer_sizes=(8, 16), max_iter=100,
+    >>> clf = ODEClassifier((16,), latent_dim=8, max_iter=100,
     ...                     learning_rate_init=0.01, random_state=0).fit(X, y)
     >>> clf.score(X, y) > 0.9
     True
@@ -194,11 +204,13 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
 
     def __init__(
         self,
+        hidden_layer_sizes=(64,),
+        *,
+        latent_dim=128,
+        activation="tanh",
+        embedding_activation="relu",
         backend=None,
         device="cpu",
-        hidden_layer_sizes=(128, 64),
-        activation="relu",
-        field_activation="tanh",
         augment_dim=0,
         t1=1.0,
         solver="dopri5",
@@ -222,11 +234,12 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         field="mlp",
         input_shape=None,
     ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.latent_dim = latent_dim
+        self.activation = activation
+        self.embedding_activation = embedding_activation
         self.backend = backend
         self.device = device
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.field_activation = field_activation
         self.augment_dim = augment_dim
         self.t1 = t1
         self.solver = solver
@@ -253,21 +266,38 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
     _parameter_constraints: dict = {
         **COMMON_CONSTRAINTS,
         **FIELD_CONSTRAINTS,
-        "activation": [StrOptions(set(ACTIVATIONS))],
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "embedding_activation": [StrOptions(set(ACTIVATIONS))],
         "augment_dim": [Interval(Integral, 0, None, closed="left")],
         "field": [StrOptions({"mlp", "conv"}), Layer, UserField],
         "input_shape": [None, tuple, list],
     }
 
+    @classmethod
+    def _upgrade_saved(cls, params, fitted):
+        """Format 1 (before issue 19's one vocabulary): ``hidden_layer_sizes[0]`` was
+        the state's width (now ``latent_dim``) and the rest the field's hidden layers;
+        ``activation`` was the embedding's (now ``embedding_activation``) and
+        ``field_activation`` the field's (now ``activation``)."""
+        params, fitted = super()._upgrade_saved(params, fitted)
+        if "field_activation" in params and "latent_dim" not in params:
+            sizes = params["hidden_layer_sizes"]
+            sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+            params["latent_dim"], params["hidden_layer_sizes"] = sizes[0], sizes[1:]
+            params["embedding_activation"] = params.pop("activation")
+            params["activation"] = params.pop("field_activation")
+        return params, fitted
+
     # ------------------------------------------------------------------ spec
 
     def _spec_of(self, n_features: int, n_classes: int, dtype: str) -> ODENetSpec:
-        sizes = self._positive_sizes("hidden_layer_sizes", self.hidden_layer_sizes)
+        sizes = self._hidden_sizes(self.hidden_layer_sizes)
         shape = self._input_shape(n_features)
         spec = dict(
-            n_features=n_features, n_outputs=n_classes, embed_dim=sizes[0],
-            field_hidden=sizes[1:], augment_dim=int(self.augment_dim),
-            activation=self.activation, field_activation=self.field_activation, dtype=dtype)
+            n_features=n_features, n_outputs=n_classes, embed_dim=int(self.latent_dim),
+            field_hidden=sizes, augment_dim=int(self.augment_dim),
+            embed_activation=self.embedding_activation, field_activation=self.activation,
+            dtype=dtype)
         images = shape is not None and len(shape) > 1
         if isinstance(self.field, str) and self.field == "mlp":
             return ODENetSpec(**spec)  # flat rows whatever input_shape says
@@ -275,15 +305,15 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
             if not images:
                 raise ValueError('field="conv" needs input_shape=(C, L) or (C, H, W), got '
                                  f"{self.input_shape!r}")
-            embed, field, head = conv_odenet(shape, sizes[0], sizes[1:], spec["augment_dim"],
-                                             n_classes, self.activation,
-                                             self.field_activation)
+            embed, field, head = conv_odenet(shape, spec["embed_dim"], sizes,
+                                             spec["augment_dim"], n_classes,
+                                             self.embedding_activation, self.activation)
             return ODENetSpec(**spec, input_shape=shape, embed_layer=embed,
                               field_layer=field, head_layer=head)
         if not images:
             return ODENetSpec(**spec, field_layer=self.field)
-        embed, head = image_odenet_ends(shape, sizes[0], spec["augment_dim"], n_classes,
-                                        self.activation)
+        embed, head = image_odenet_ends(shape, spec["embed_dim"], spec["augment_dim"],
+                                        n_classes, self.embedding_activation)
         return ODENetSpec(**spec, input_shape=shape, embed_layer=embed,
                           field_layer=self.field, head_layer=head)
 
@@ -447,7 +477,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         >>> from sklearn.datasets import make_moons
         >>> from odeplug import ODEClassifier
         >>> X, y = make_moons(60, noise=0.1, random_state=0)
-        >>> clf = ODEClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0)
+        >>> clf = ODEClassifier((), latent_dim=4, max_iter=5, random_state=0)
         >>> clf.fit(X, y).predict_proba(X[:2]).shape
         (2, 2)
         """
@@ -490,7 +520,7 @@ class ODEClassifier(ClassifierMixin, ODEEstimatorBase):
         >>> from sklearn.datasets import make_moons
         >>> from odeplug import ODEClassifier
         >>> X, y = make_moons(60, noise=0.1, random_state=0)
-        >>> clf = ODEClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0)
+        >>> clf = ODEClassifier((), latent_dim=4, max_iter=5, random_state=0)
         >>> clf.fit(X, y).inference_stats(X[:3])["nfe_forward"].shape
         (3,)
         """

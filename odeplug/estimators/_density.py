@@ -83,6 +83,16 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
 
     Parameters
     ----------
+    hidden_layer_sizes : tuple of int, default=(64, 64, 64)
+        Hidden layers of the vector field (none: a linear field, a Gaussian model), as
+        in every odeplug estimator; with ``field="conv"``, the channels of its hidden
+        convolutions. The defaults (with ``batch_size=100``) reach -1.198
+        nats per sample on standardised moons, against -1.193 for ``GaussianMixture``
+        chosen by BIC (``docs/density.md``).
+    activation : {"tanh", "softplus", "logistic", "relu", "identity"}, default="tanh"
+        Activation of the field's hidden layers. A smooth one keeps the adaptive
+        solver's steps few and the trace smooth ("relu" has a piecewise constant
+        Jacobian).
     backend : str, default=None
         ``"reference"`` (NumPy + autograd), ``"torch"`` (torchdiffeq) or ``"jax"``
         (diffrax). None: ``odeplug.set_config``/``config_context``, then the environment
@@ -96,16 +106,6 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         GPU scores and samples on a CPU-only machine. On jax, training steps are data
         parallel over all devices of the platform when it has several
         (``odeplug.set_config(data_parallel=False)`` turns it off).
-    hidden_layer_sizes : tuple of int, default=(64, 64, 64)
-        Hidden layers of the vector field (none: a linear field, a Gaussian model); with
-        ``field="conv"``, the channels of its hidden convolutions.
-        The defaults (with ``batch_size=100``) reach -1.198 nats per sample on
-        standardised moons, against -1.193 for ``GaussianMixture`` chosen by BIC
-        (``docs/density.md``).
-    field_activation : {"tanh", "softplus", "logistic", "relu", "identity"}, default="tanh"
-        Activation of the field's hidden layers. A smooth one keeps the adaptive
-        solver's steps few and the trace smooth ("relu" has a piecewise constant
-        Jacobian).
     t1 : float, default=1.0
         End of the flow: the base distribution is at ``t1``.
     solver : str, default="dopri5"
@@ -204,15 +204,15 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         from ``params_`` (the best or last completed epoch's), with a fresh optimiser.
     field : {"mlp", "conv"} or odeplug.layers.Layer, default="mlp"
         The vector field ``f(t, z)``. "mlp": an MLP of ``[z, t]`` on the flat rows,
-        hidden layers ``hidden_layer_sizes`` with ``field_activation`` (the model of
+        hidden layers ``hidden_layer_sizes`` with ``activation`` (the model of
         earlier releases: the same parameters, files and results). "conv": FFJORD's
         convolutional field (Grathwohl et al. 2019) on rows of ``input_shape``
         (required, ``(C, L)`` or ``(C, H, W)``): a 3-wide convolution (padding 1) to each
         width of ``hidden_layer_sizes``, time-conditioned by concat-squash and followed
-        by ``field_activation``, and one back to the ``C`` channels; no normalisation.
+        by ``activation``, and one back to the ``C`` channels; no normalisation.
         A layer of :mod:`odeplug.layers` (``Sequential(...)``): the field itself, on
         states of ``input_shape`` (flat rows where None), mapping them to their own
-        shape (checked at fit); ``hidden_layer_sizes`` and ``field_activation`` do not
+        shape (checked at fit); ``hidden_layer_sizes`` and ``activation`` do not
         shape it. Every layer gives its Jacobian-vector products, so the exact trace and
         Hutchinson's work for any of them. Strings and layers are valid grid values:
         ``{"field": ["mlp", "conv"]}``; a warm start keeps the field. A user module
@@ -258,8 +258,9 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
     t_ : int
         Training samples seen.
     nfe_ : dict
-        ``{"forward": ..., "backward": ...}``: mean function evaluations per minibatch in
-        the last epoch (backward is None where the engine does not report it).
+        ``{"nfe_forward": ..., "nfe_backward": ...}``: mean function evaluations per
+        minibatch in the last epoch (backward is None where the engine does not report
+        it); the keys of ``curves_`` and of :meth:`inference_stats`.
 
     See Also
     --------
@@ -290,7 +291,7 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
     >>> from sklearn.datasets import make_moons
     >>> from odeplug import CNFDensity
     >>> X, _ = make_moons(200, noise=0.05, random_state=0)
-    >>> cnf = CNFDensity(hidden_layer_sizes=(16, 16), max_iter=3, random_state=0).fit(X)
+    >>> cnf = CNFDensity((16, 16), max_iter=3, random_state=0).fit(X)
     >>> cnf.score_samples(X[:3]).shape
     (3,)
     >>> cnf.sample(4, random_state=0).shape
@@ -300,20 +301,21 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
 
     Trained by flow matching, without solving an ODE (the same model, scored alike):
 
-    >>> fm = CNFDensity(objective="flow_matching", hidden_layer_sizes=(16, 16),
-    ...                 max_iter=20, random_state=0).fit(X)
+    >>> fm = CNFDensity((16, 16), objective="flow_matching", max_iter=20,
+    ...                 random_state=0).fit(X)
     >>> fm.nfe_  # one field evaluation per training step
-    {'forward': 1.0, 'backward': 0.0}
+    {'nfe_forward': 1.0, 'nfe_backward': 0.0}
     >>> fm.score_samples(X[:3]).shape
     (3,)
     """
 
     def __init__(
         self,
+        hidden_layer_sizes=(64, 64, 64),
+        *,
+        activation="tanh",
         backend=None,
         device="cpu",
-        hidden_layer_sizes=(64, 64, 64),
-        field_activation="tanh",
         t1=1.0,
         solver="dopri5",
         rtol=1e-3,
@@ -342,10 +344,10 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         field="mlp",
         input_shape=None,
     ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
         self.backend = backend
         self.device = device
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.field_activation = field_activation
         self.t1 = t1
         self.solver = solver
         self.rtol = rtol
@@ -388,6 +390,9 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         "input_shape": [None, tuple, list],
     }
 
+    # Format 1 (before issue 19's one vocabulary) named the field's activation so.
+    RENAMED_PARAMS = {"field_activation": "activation"}
+
     # ------------------------------------------------------------------ spec
 
     def _trace_of(self, n_features: int) -> str:
@@ -397,12 +402,10 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
 
     def _spec_of(self, n_features: int, dtype: str) -> CNFSpec:
         """The model: the architecture only (what ``warm_start`` must keep)."""
-        sizes = (() if isinstance(self.hidden_layer_sizes, (tuple, list))
-                 and len(self.hidden_layer_sizes) == 0
-                 else self._positive_sizes("hidden_layer_sizes", self.hidden_layer_sizes))
+        sizes = self._hidden_sizes(self.hidden_layer_sizes)
         shape = self._input_shape(n_features)
         spec = dict(n_features=n_features, field_hidden=sizes,
-                    field_activation=self.field_activation, dtype=dtype)
+                    field_activation=self.activation, dtype=dtype)
         if isinstance(self.field, str) and self.field == "mlp":
             return CNFSpec(**spec)  # flat rows whatever input_shape says: today's model
         if isinstance(self.field, str):  # "conv"
@@ -410,7 +413,7 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
                 raise ValueError('field="conv" needs input_shape=(C, L) or (C, H, W), got '
                                  f"{self.input_shape!r}")
             return CNFSpec(**spec, input_shape=shape,
-                           field_layer=conv_cnf_field(shape, sizes, self.field_activation))
+                           field_layer=conv_cnf_field(shape, sizes, self.activation))
         # The layer is the whole field: the sizes do not shape it (a warm start with
         # other sizes keeps the model).
         return CNFSpec(**{**spec, "field_hidden": ()}, input_shape=shape,
@@ -683,7 +686,7 @@ class CNFDensity(ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
         >>> import numpy as np
         >>> from odeplug import CNFDensity
         >>> X = np.random.default_rng(0).normal(size=(50, 2))
-        >>> cnf = CNFDensity(hidden_layer_sizes=(8,), max_iter=2, random_state=0).fit(X)
+        >>> cnf = CNFDensity((8,), max_iter=2, random_state=0).fit(X)
         >>> cnf.sample(3, random_state=0).shape
         (3, 2)
         """

@@ -12,13 +12,14 @@ from sklearn.metrics import r2_score
 from sklearn.utils import TransformerTags, check_array, check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._protocols import ROW_COUNTERS
 from .._series import row_grids
 from .._solver_options import DEFAULT_MAX_NUM_STEPS, make_solve_config
 from .._specs import ACTIVATIONS, ENCODERS, LatentHyper, LatentODESpec
 from .._user_field import UserField
 from .._validation import real_array
 from ..layers import Layer
-from ._base import COMMON_CONSTRAINTS, ODEEstimatorBase
+from ._base import COMMON_CONSTRAINTS, FIELD_CONSTRAINTS, ODEEstimatorBase
 from ._sklearn_compat import Interval, StrOptions
 
 __all__ = ["LatentODERegressor"]
@@ -125,6 +126,13 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
 
     Parameters
     ----------
+    latent_dim : int, default=4
+        Dimension of the latent state ``z`` (the width of :meth:`transform`'s output).
+    hidden_layer_sizes : tuple of int, default=(20, 20)
+        Hidden layers of the latent vector field ``f`` (none: a linear field), as in
+        every odeplug estimator.
+    activation : {"tanh", "softplus", "relu", "logistic", "identity"}, default="tanh"
+        Activation of the vector field's hidden layers, as in every odeplug estimator.
     backend : str, default=None
         ``"reference"``, ``"torch"`` or ``"jax"``; None: the configuration, then
         ``ODEPLUG_BACKEND``, then ``"reference"``. Read again at predict time.
@@ -146,18 +154,17 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         ``"ode_rnn"`` (Rubanova et al. 2019): GRU updates at the observations and an ODE
         carrying the hidden state between them. ``"rnn"``: the paper's RNN, a GRU over
         the observations with the time gaps as inputs. Both run backwards in time.
-    latent_dim : int, default=4
-        Dimension of the latent state ``z``.
     encoder_hidden_sizes : tuple of int, default=(25, 25)
         Width of the GRU's state, then the hidden layers of the ``"ode_rnn"`` encoder's
         ODE (unused by ``"rnn"``; none: a linear field).
-    field_hidden_sizes : tuple of int, default=(20, 20)
-        Hidden layers of the latent vector field ``f`` when ``field="mlp"`` (unused
-        otherwise).
+    encoder_activation : {"tanh", "softplus", "relu", "logistic", "identity"}, \
+default="tanh"
+        Activation of the ``"ode_rnn"`` encoder's ODE and of the encoder's head.
     decoder_hidden_sizes : tuple of int, default=(20,)
         Hidden layers of the decoder (none: linear).
-    activation : {"tanh", "softplus", "relu", "logistic", "identity"}, default="tanh"
-        Activation of every hidden layer.
+    decoder_activation : {"tanh", "softplus", "relu", "logistic", "identity"}, \
+default="tanh"
+        Activation of the decoder's hidden layers.
     noise_std : float or "auto", default="auto"
         Standard deviation of the Gaussian likelihood; "auto" fits one per channel.
     kl_annealing : int, default=10
@@ -202,7 +209,7 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
     warm_start : bool, default=False
     field : "mlp", odeplug.layers.Layer or odeplug.UserField, default="mlp"
         The latent vector field ``f``. "mlp": an MLP of ``z`` alone (autonomous), hidden
-        layers ``field_hidden_sizes`` with ``activation``, a linear last layer. A layer
+        layers ``hidden_layer_sizes`` with ``activation``, a linear last layer. A layer
         of :mod:`odeplug.layers` mapping latent vectors ``(latent_dim,)`` to themselves,
         for instance ``Sequential([ConcatSquash(Dense(32, activation="tanh")),
         Dense(latent_dim)])`` (FFJORD's time conditioning): its parameters under
@@ -241,6 +248,9 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         Every metric per epoch: ``loss``, ``reconstruction``, ``kl``, ``nfe_forward``,
         ``nfe_backward``.
     n_iter_, t_ : int
+    nfe_ : dict
+        ``{"nfe_forward": ..., "nfe_backward": ...}``: mean function evaluations per
+        minibatch in the last epoch, as ``ODEClassifier``'s.
     best_loss_, validation_scores_, best_validation_score_ :
         As ``ODEClassifier``'s.
 
@@ -251,7 +261,8 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
     Notes
     -----
     Every series is solved with its own steps at prediction, so a prediction does not
-    depend on the other series of ``X``.
+    depend on the other series of ``X``; :meth:`inference_stats` reports that cost per
+    series.
 
     ``z0`` sits at each series' first observation. Predictions at earlier times (the
     state at ``t = 0`` of a series first observed at 0.55, say) solve the latent ODE
@@ -269,8 +280,8 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
     >>> phase = np.random.default_rng(0).uniform(0, 3, 40)
     >>> X = np.sin(t + phase[:, None])
     >>> y = np.sin(3.5 + phase)
-    >>> model = LatentODERegressor(obs_times=t, target_times=[3.5], latent_dim=2,
-    ...                            encoder="rnn", max_iter=5, random_state=0).fit(X, y)
+    >>> model = LatentODERegressor(2, obs_times=t, target_times=[3.5], encoder="rnn",
+    ...                            max_iter=5, random_state=0).fit(X, y)
     >>> model.predict(X[:2]).shape
     (2,)
     >>> model.transform(X[:2]).shape
@@ -279,16 +290,19 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
 
     def __init__(
         self,
+        latent_dim=4,
+        *,
+        hidden_layer_sizes=(20, 20),
+        activation="tanh",
         backend=None,
         device="cpu",
         obs_times=None,
         target_times=None,
         encoder="ode_rnn",
-        latent_dim=4,
         encoder_hidden_sizes=(25, 25),
-        field_hidden_sizes=(20, 20),
+        encoder_activation="tanh",
         decoder_hidden_sizes=(20,),
-        activation="tanh",
+        decoder_activation="tanh",
         noise_std="auto",
         kl_annealing=10,
         solver="dopri5",
@@ -311,16 +325,18 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         warm_start=False,
         field="mlp",
     ):
+        self.latent_dim = latent_dim
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
         self.backend = backend
         self.device = device
         self.obs_times = obs_times
         self.target_times = target_times
         self.encoder = encoder
-        self.latent_dim = latent_dim
         self.encoder_hidden_sizes = encoder_hidden_sizes
-        self.field_hidden_sizes = field_hidden_sizes
+        self.encoder_activation = encoder_activation
         self.decoder_hidden_sizes = decoder_hidden_sizes
-        self.activation = activation
+        self.decoder_activation = decoder_activation
         self.noise_std = noise_std
         self.kl_annealing = kl_annealing
         self.solver = solver
@@ -349,10 +365,11 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         "target_times": [None, "array-like"],
         "encoder": [StrOptions(set(ENCODERS))],
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        **FIELD_CONSTRAINTS,
         "encoder_hidden_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "field_hidden_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "encoder_activation": [StrOptions(set(ACTIVATIONS))],
         "decoder_hidden_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "activation": [StrOptions(set(ACTIVATIONS))],
+        "decoder_activation": [StrOptions(set(ACTIVATIONS))],
         "noise_std": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
         "kl_annealing": [Interval(Integral, 0, None, closed="left")],
         "field": [StrOptions({"mlp"}), Layer, UserField],
@@ -365,6 +382,17 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         # transform: the posterior mean of z0, in float64 whatever X's dtype.
         tags.transformer_tags = TransformerTags(preserves_dtype=["float64"])
         return tags
+
+    # Format 1 (before issue 19's one vocabulary) named the field's layers so.
+    RENAMED_PARAMS = {"field_hidden_sizes": "hidden_layer_sizes"}
+
+    @classmethod
+    def _upgrade_saved(cls, params, fitted):
+        """Format 1 had one ``activation`` for the encoder, the field and the decoder."""
+        if "field_hidden_sizes" in params and "encoder_activation" not in params:
+            params = {**params, "encoder_activation": params["activation"],
+                      "decoder_activation": params["activation"]}
+        return super()._upgrade_saved(params, fitted)
 
     # ------------------------------------------------------------ parameters
 
@@ -384,12 +412,13 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
             n_channels=n_channels, latent_dim=int(self.latent_dim), encoder=self.encoder,
             encoder_hidden=encoder[0],
             encoder_field_hidden=encoder[1:] if self.encoder == "ode_rnn" else (),
-            field_hidden=self._sizes("field_hidden_sizes", self.field_hidden_sizes,
+            field_hidden=self._sizes("hidden_layer_sizes", self.hidden_layer_sizes,
                                      allow_empty=True),
             decoder_hidden=self._sizes("decoder_hidden_sizes", self.decoder_hidden_sizes,
                                        allow_empty=True),
-            activation=self.activation, fit_noise=self.noise_std == "auto", dtype=dtype,
-            field_layer=None if isinstance(self.field, str) else self.field)
+            encoder_activation=self.encoder_activation, field_activation=self.activation,
+            decoder_activation=self.decoder_activation, fit_noise=self.noise_std == "auto",
+            dtype=dtype, field_layer=None if isinstance(self.field, str) else self.field)
 
     @staticmethod
     def _check_field_engine(field, engine) -> None:
@@ -733,14 +762,19 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
 
     # -------------------------------------------------------------- inference
 
-    def _posterior(self, series: _Series, program, hyper):
+    def _posterior(self, series: _Series, program, hyper, stats: list | None = None):
+        """Mean and log-variance of ``q(z0)``; the encoder's per-series counters are
+        appended to ``stats`` (when given)."""
         values, mask, enc_times = series.encoder_inputs(np.float64)
-        mean, log_var, _ = program.encode(self.params_, values, mask, enc_times, hyper)
+        mean, log_var, counts = program.encode(self.params_, values, mask, enc_times, hyper)
+        if stats is not None:
+            stats.append(counts)
         return mean, log_var
 
-    def _decoded_at(self, program, hyper, z0, offsets):
+    def _decoded_at(self, program, hyper, z0, offsets, stats: list | None = None):
         """Decoded trajectories ``(n, K, C)`` of ``z0`` at ``offsets`` ``(n, K)``, of
-        any sign: times before a series' first observation are solved backwards.
+        any sign: times before a series' first observation are solved backwards. The
+        solves' per-row counters are appended to ``stats`` (when given).
 
         Why backwards from z0 rather than z0 anchored at a common start time (the
         paper's choice): z0 sits at each series' first observation, where the encoder
@@ -758,13 +792,20 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         with np.errstate(invalid="ignore"):
             before = offsets < 0
         grids, index = row_grids(np.where(before, np.nan, offsets))
-        zs, _ = program.trajectory(self.params_, z0, grids, hyper)
+        zs, counts = program.trajectory(self.params_, z0, grids, hyper)
+        if stats is not None:
+            stats.append(counts)
         z = np.take_along_axis(zs, index[..., None], axis=1)
         rows = np.flatnonzero(before.any(axis=1))
         if rows.size:  # each series' own decreasing grid, from 0 to its earliest time
             early = before[rows]
             grids, index = row_grids(np.where(early, -offsets[rows], np.nan))
-            zs, _ = program.trajectory(self.params_, z0[rows], -grids, hyper)
+            zs, back_counts = program.trajectory(self.params_, z0[rows], -grids, hyper)
+            if stats is not None:  # the backward solves' cost, on their series
+                stats.append({name: np.zeros(len(z0), dtype=np.asarray(value).dtype)
+                              for name, value in back_counts.items()})
+                for name, value in back_counts.items():
+                    stats[-1][name][rows] = np.asarray(value)
             back = np.take_along_axis(zs, index[..., None], axis=1)
             z[rows] = np.where(early[..., None], back, z[rows])
         out = program.decode(self.params_, z, hyper)
@@ -775,14 +816,16 @@ class LatentODERegressor(RegressorMixin, ODEEstimatorBase):
         series = self._check_X(X, times, reset=False)
         return self._predicted(series, offsets_of(series), return_std)
 
-    def _predicted(self, series: _Series, offsets: np.ndarray, return_std: bool):
+    def _predicted(self, series: _Series, offsets: np.ndarray, return_std: bool,
+                   stats: list | None = None):
         """Posterior-mean predictions ``(n, K, C)`` at ``offsets``, and their standard
-        deviations (None without ``return_std``)."""
+        deviations (None without ``return_std``); the counters of the encoder's and the
+        trajectories' solves are appended to ``stats`` (when given)."""
         with self._running() as engine:
             program = engine.make_program(self._spec)
             hyper = self._inference_hyper()
-            mean, log_var = self._posterior(series, program, hyper)
-            prediction = self._decoded_at(program, hyper, mean, offsets)
+            mean, log_var = self._posterior(series, program, hyper, stats)
+            prediction = self._decoded_at(program, hyper, mean, offsets, stats)
             if not return_std:
                 return prediction, None
             eps = np.random.default_rng(_STD_SEED).standard_normal(
@@ -872,7 +915,8 @@ default=None
                                           return_std)
         return (mean, std) if return_std else mean
 
-    def sample_trajectories(self, X, eval_times, n_draws, random_state=None, times=None):
+    def sample_trajectories(self, X, eval_times, n_samples=1, random_state=None,
+                            times=None):
         """Trajectories of posterior draws of ``z0``, decoded (without observation
         noise).
 
@@ -880,17 +924,21 @@ default=None
         ----------
         X : array-like of shape (n_series, n_times[, n_channels])
         eval_times : array-like of shape (n_eval,)
-        n_draws : int
+        n_samples : int, default=1
+            Draws per series, at least 1 (the name of ``CNFDensity.sample`` and of
+            scikit-learn's ``GaussianProcessRegressor.sample_y``).
         random_state : int, RandomState instance or None, default=None
+            Seeds the draws.
         times : array-like of shape (n_series, n_times), default=None
 
         Returns
         -------
-        samples : ndarray of shape (n_series, n_draws, n_eval, n_channels)
+        samples : ndarray of shape (n_series, n_samples, n_eval, n_channels)
         """
         check_is_fitted(self, "params_")
-        if isinstance(n_draws, bool) or not isinstance(n_draws, Integral) or n_draws < 1:
-            raise ValueError(f"n_draws must be a positive int, got {n_draws!r}")
+        if (isinstance(n_samples, bool) or not isinstance(n_samples, Integral)
+                or n_samples < 1):
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
         series = self._check_X(X, times, reset=False)
         offsets = self._eval_offsets(eval_times)(series)
         rng = check_random_state(random_state)
@@ -898,11 +946,51 @@ default=None
             program = engine.make_program(self._spec)
             hyper = self._inference_hyper()
             mean, log_var = self._posterior(series, program, hyper)
-            eps = rng.standard_normal((series.n, n_draws, mean.shape[1]))
+            eps = rng.standard_normal((series.n, n_samples, mean.shape[1]))
             draws = mean[:, None] + np.exp(0.5 * log_var)[:, None] * eps
             decoded = self._decoded_at(program, hyper, draws.reshape(-1, mean.shape[1]),
-                                       np.repeat(offsets, n_draws, axis=0))
-        return decoded.reshape((series.n, n_draws) + decoded.shape[1:])
+                                       np.repeat(offsets, n_samples, axis=0))
+        return decoded.reshape((series.n, n_samples) + decoded.shape[1:])
+
+    def inference_stats(self, X, times=None, target_times=None) -> dict[str, np.ndarray]:
+        """Solver cost of predicting each series of X with the current settings.
+
+        The cost of :meth:`predict` (the posterior mean, without ``return_std``): the
+        encoder's solves (``"ode_rnn"``; none for ``"rnn"``) and the latent trajectory's,
+        added per series. Leaves the estimator unchanged.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_series, n_times[, n_channels])
+        times : array-like of shape (n_series, n_times), default=None
+        target_times : array-like of shape (n_targets,) or (n_series, n_targets), \
+default=None
+            As :meth:`predict`.
+
+        Returns
+        -------
+        stats : dict of str to ndarray of shape (n_series,)
+            ``nfe_forward`` (function evaluations), ``n_steps`` and ``n_rejected`` of
+            each series' solves, the keys of the other estimators' ``inference_stats``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from odeplug import LatentODERegressor
+        >>> t = np.linspace(0, 3, 8)
+        >>> X = np.sin(t + np.random.default_rng(0).uniform(0, 3, 30)[:, None])
+        >>> model = LatentODERegressor(2, obs_times=t, target_times=[3.5], max_iter=2,
+        ...                            random_state=0).fit(X, X[:, -1])
+        >>> model.inference_stats(X[:3])["nfe_forward"].shape
+        (3,)
+        """
+        check_is_fitted(self, "params_")
+        series = self._check_X(X, times, reset=False)
+        stats: list = []
+        self._predicted(series, self._prediction_offsets(series, target_times),
+                        return_std=False, stats=stats)
+        return {name: np.sum([np.asarray(part[name]) for part in stats], axis=0)
+                for name in ROW_COUNTERS}
 
     def transform(self, X, times=None):
         """The posterior mean of ``z0``: a fixed-length embedding of each series.

@@ -69,7 +69,7 @@ class LatentProgram:
 
         def field(t, y, params):
             h, gap = y[:, :hidden], y[:, hidden:]
-            dh = gap * mlp(params, "encoder.field", n_layers, spec.activation, h, xp)
+            dh = gap * mlp(params, "encoder.field", n_layers, spec.encoder_activation, h, xp)
             return xp.concatenate([dh, xp.zeros_like(gap)], axis=1)
 
         return field
@@ -127,7 +127,7 @@ class LatentProgram:
         return out[:, : spec.latent_dim], out[:, spec.latent_dim :], stats
 
     def _decode(self, params, z, xp):
-        return mlp(params, "decoder", self.n_decoder_layers, self.spec.activation, z, xp)
+        return mlp(params, "decoder", self.n_decoder_layers, self.spec.decoder_activation, z, xp)
 
     def _noise_std(self, params, hyper: LatentHyper):
         if self.spec.fit_noise:

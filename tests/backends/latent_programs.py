@@ -20,8 +20,9 @@ from odeplug.reference.latent import LatentProgram as ReferenceProgram
 def spec(encoder="ode_rnn", dtype="float64", fit_noise=True, **kwargs) -> LatentODESpec:
     values = dict(n_channels=2, latent_dim=3, encoder=encoder, encoder_hidden=5,
                   encoder_field_hidden=(4,) if encoder == "ode_rnn" else (),
-                  field_hidden=(6,), decoder_hidden=(4,), activation="tanh",
-                  fit_noise=fit_noise, dtype=dtype)
+                  field_hidden=(6,), decoder_hidden=(4,), encoder_activation="tanh",
+                  field_activation="tanh", decoder_activation="tanh", fit_noise=fit_noise,
+                  dtype=dtype)
     values.update(kwargs)
     return LatentODESpec(**values)
 

@@ -24,7 +24,7 @@ def spec_and_hyper(solve, *, activation="tanh", field_activation="tanh", augment
     ``beta2``, ``epsilon``).
     """
     spec = ODENetSpec(n_features=5, n_outputs=3, embed_dim=6, field_hidden=field_hidden,
-                      augment_dim=augment_dim, activation=activation,
+                      augment_dim=augment_dim, embed_activation=activation,
                       field_activation=field_activation, dtype=dtype)
     return spec, Hyper(solve=solve, t1=t1, learning_rate=learning_rate, alpha=alpha, **adam)
 

@@ -51,7 +51,7 @@ X = rng.normal(size=(24, 3)).astype(np.float32)
 y = np.arange(24) % 2
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    clf = odeplug.ODEClassifier(backend="jax", hidden_layer_sizes=(4,), max_iter=1,
+    clf = odeplug.ODEClassifier(backend="jax", latent_dim=4, hidden_layer_sizes=(), max_iter=1,
                                 batch_size=8, random_state=0).fit(X, y)
 clf.predict(X)
 """

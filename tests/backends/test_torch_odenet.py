@@ -461,7 +461,7 @@ def test_init_params_are_the_old_glorot_draws(activation, dtype):
 
 
 def _moons_classifier(**kwargs):
-    return ODEClassifier(backend="torch", hidden_layer_sizes=(8, 16), max_iter=100,
+    return ODEClassifier(backend="torch", hidden_layer_sizes=(16,), latent_dim=8, max_iter=100,
                          learning_rate_init=0.01, random_state=0, **kwargs)
 
 
@@ -470,7 +470,7 @@ def test_classifier_fits_moons():
     clf = _moons_classifier().fit(X, y)
     assert clf.backend_ == "torch"
     assert clf.score(X, y) > 0.9
-    assert clf.nfe_["forward"] > 0 and clf.nfe_["backward"] > 0
+    assert clf.nfe_["nfe_forward"] > 0 and clf.nfe_["nfe_backward"] > 0
     assert all(v.dtype == np.float32 for v in clf.params_.values())
     stats = clf.inference_stats(X[:5])
     assert stats["nfe_forward"].shape == (5,) and np.all(stats["nfe_forward"] > 0)
@@ -482,12 +482,12 @@ def test_classifier_fits_moons():
 
 def test_same_random_state_same_model():
     X, y = make_moons(60, noise=0.2, random_state=1)
-    first = ODEClassifier(backend="torch", hidden_layer_sizes=(4, 8), max_iter=5,
+    first = ODEClassifier(backend="torch", hidden_layer_sizes=(8,), latent_dim=4, max_iter=5,
                           random_state=3).fit(X, y)
     proba = first.predict_proba(X)
     params = {k: v.copy() for k, v in first.params_.items()}
     first.fit(X, y)  # refit
-    second = ODEClassifier(backend="torch", hidden_layer_sizes=(4, 8), max_iter=5,
+    second = ODEClassifier(backend="torch", hidden_layer_sizes=(8,), latent_dim=4, max_iter=5,
                            random_state=3).fit(X, y)
     for clf in (first, second):
         np.testing.assert_array_equal(clf.predict_proba(X), proba)
@@ -499,7 +499,7 @@ def test_sklearn_subset_invariance():
     from sklearn.utils.estimator_checks import check_methods_subset_invariance
 
     check_methods_subset_invariance(
-        "ODEClassifier", ODEClassifier(backend="torch", hidden_layer_sizes=(4, 8), max_iter=3,
+        "ODEClassifier", ODEClassifier((8,), latent_dim=4, backend="torch", max_iter=3,
                                        random_state=0))
 
 

@@ -232,7 +232,7 @@ def _odeplug_fit(engine, X, y, *, epochs, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(X, y)
-    return clf.nfe_["forward"]
+    return clf.nfe_["nfe_forward"]
 
 
 def _hand_setup(X, y, epochs, seed):

@@ -48,7 +48,7 @@ RESULTS = _common.REPO / "docs" / "bench_conv_cnf.json"
 SEEDS = (0, 1, 2)
 N_SCORED = 100
 CNF_SETTINGS = dict(backend="jax", field="conv", input_shape=(1, 8, 8),
-                    hidden_layer_sizes=(32,), field_activation="tanh",
+                    hidden_layer_sizes=(32,), activation="tanh",
                     objective="flow_matching", batch_size=128)
 CNF_EPOCHS = 400
 GMM_COMPONENTS = (1, 2, 3, 4, 5, 6, 8, 10)

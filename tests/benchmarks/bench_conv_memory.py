@@ -68,8 +68,8 @@ T1S = (1.0, 2.0, 4.0, 8.0)
 ENGINES = ("reference", "torch", "jax")
 # The paper's architecture at a small width (it uses 64 channels; GroupNorm's groups are
 # gcd(32, width)), fixed RK4 steps: t1 = 8 is 32 steps, 128 evaluations of the field.
-MODEL = dict(hidden_layer_sizes=(8, 8), solver="rk4", step_size=0.25, learning_rate_init=1e-3,
-             alpha=1e-4)
+MODEL = dict(latent_dim=8, hidden_layer_sizes=(8,), solver="rk4", step_size=0.25,
+             learning_rate_init=1e-3, alpha=1e-4)
 N_ROWS = 256       # generated images
 BATCH = 16         # rows per step
 STEPS = 1          # measured training steps per case, after the warm-up

@@ -61,7 +61,7 @@ def latent_model(data, args):
     return LatentODERegressor(
         backend=args.backend, obs_times=data.obs_times, target_times=data.target_times,
         encoder=args.encoder, latent_dim=4, encoder_hidden_sizes=(25,),
-        field_hidden_sizes=(20,), decoder_hidden_sizes=(20,), kl_annealing=10,
+        hidden_layer_sizes=(20,), decoder_hidden_sizes=(20,), kl_annealing=10,
         learning_rate=args.schedule, learning_rate_init=args.lr, batch_size=args.batch_size,
         max_iter=args.epochs, tol=0.0, n_iter_no_change=args.patience or args.epochs,
         random_state=0)
@@ -78,7 +78,7 @@ def fit_latent(data, X_train, y_train, X_test, args):
     mean, std = model.predict(X_test, return_std=True)
     return mean, std, fit_s, time.perf_counter() - start, {
         "epochs": model.n_iter_, "final_loss": model.loss_curve_[-1],
-        "noise_std": model.noise_std_.tolist(), "nfe_forward": model.nfe_["forward"]}
+        "noise_std": model.noise_std_.tolist(), "nfe_forward": model.nfe_["nfe_forward"]}
 
 
 def fit_recurrent(kind, data, X_train, y_train, X_test, args):

@@ -62,8 +62,8 @@ def classifier_problem(quick: bool):
     X, y = load_digits(return_X_y=True)
     X = StandardScaler().fit_transform(X)
     n = 300 if quick else 1000
-    params = dict(hidden_layer_sizes=(32, 32), max_iter=3 if quick else 10, batch_size=100,
-                  learning_rate_init=0.01, random_state=0)
+    params = dict(hidden_layer_sizes=(32,), latent_dim=32, max_iter=3 if quick else 10,
+                  batch_size=100, learning_rate_init=0.01, random_state=0)
 
     def fit(estimator):
         return estimator.fit(X[:n], y[:n])
@@ -210,7 +210,7 @@ def overhead_rows() -> list[list[str]]:
     X = rng.standard_normal((200, 64))
     y = rng.integers(0, 10, 200)
     spec = ODENetSpec(n_features=64, n_outputs=10, embed_dim=64, field_hidden=(64,),
-                      augment_dim=0, activation="relu", field_activation="tanh")
+                      augment_dim=0, embed_activation="relu", field_activation="tanh")
     hyper = Hyper(solve=make_solve_config(rtol=1e-3, atol=1e-4, adjoint=True), t1=1.0,
                   learning_rate=0.0, alpha=1.0)  # no update: every step the same work
     rows = []

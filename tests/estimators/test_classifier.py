@@ -28,7 +28,8 @@ X_TRAIN, X_TEST, Y_TRAIN, Y_TEST = train_test_split(X_MOONS, Y_MOONS, test_size=
 
 def small(**kwargs) -> ODEClassifier:
     """A model that fits the moons in about a second on any engine."""
-    params = dict(hidden_layer_sizes=(16, 16), max_iter=60, learning_rate_init=0.02,
+    params = dict(hidden_layer_sizes=(16,), latent_dim=16, max_iter=60,
+                  learning_rate_init=0.02,
                   alpha=1e-4, batch_size=64, random_state=0)
     params.update(kwargs)
     return ODEClassifier(**params)
@@ -65,7 +66,7 @@ def test_fits_and_predicts(engine, fitted):
     np.testing.assert_allclose(clf.predict_log_proba(X_TEST), np.log(proba), atol=1e-6)
     assert set(clf.params_) == set(clf._spec.param_shapes())
     assert clf.n_iter_ == len(clf.loss_curve_) and clf.loss_curve_[-1] < clf.loss_curve_[0]
-    assert clf.nfe_["forward"] > 0
+    assert clf.nfe_["nfe_forward"] > 0
     assert clf.best_loss_ == min(clf.loss_curve_) and clf.validation_scores_ is None
 
 
@@ -320,7 +321,9 @@ def test_failed_refit_keeps_previous_fit(fitted):
 
 @pytest.mark.parametrize("params, error", [
     (dict(hidden_layer_sizes=(0,)), ValueError),
+    (dict(latent_dim=0), ValueError),
     (dict(activation="gelu"), ValueError),
+    (dict(embedding_activation="gelu"), ValueError),
     (dict(solver="rk45"), ValueError),
     (dict(solver="rk4"), ValueError),  # fixed-step solver without step_size
     (dict(rtol=0.0), ValueError),
@@ -461,7 +464,8 @@ def test_grid_over_values_compiles_once_per_batch_shape():
     X, y = make_moons(120, noise=0.15, random_state=1)
     before = dict(programs.TRACE_COUNTS)
     GridSearchCV(
-        small(backend="jax", hidden_layer_sizes=(5, 3), max_iter=2, batch_size=32),
+        small(backend="jax", hidden_layer_sizes=(3,), latent_dim=5, max_iter=2,
+              batch_size=32),
         {"learning_rate_init": [1e-3, 1e-2, 3e-2], "rtol": [1e-3, 1e-2, 1e-1]},
         cv=2, refit=False, error_score="raise").fit(X, y)
     compiled = {k: v - before.get(k, 0) for k, v in programs.TRACE_COUNTS.items()

@@ -41,13 +41,14 @@ def _images(n=60, seed=0):
 def test_the_mlp_default_keeps_todays_parameter_table_and_draws(activation):
     """Model files of the MLP ODE-Net written before layers existed hold this table."""
     spec = ODENetSpec(n_features=5, n_outputs=3, embed_dim=6, field_hidden=(7, 4),
-                      augment_dim=2, activation=activation, field_activation="tanh")
+                      augment_dim=2, embed_activation=activation, field_activation="tanh")
     factor = glorot_factor(activation)
     todays = dense_params("embed", 5, 6, factor=factor)
     todays.update(mlp_params("field", (9, 7, 4, 8), factor=factor))
     todays.update(dense_params("head", 8, 3, factor=factor))
     assert spec.param_table() == todays
-    clf = ODEClassifier(hidden_layer_sizes=(6, 7, 4), augment_dim=2, activation=activation)
+    clf = ODEClassifier((7, 4), latent_dim=6, augment_dim=2,
+                        embedding_activation=activation)
     assert clf._spec_of(5, 3, "float32") == spec  # "mlp" is this spec, nothing added
 
 
@@ -58,7 +59,7 @@ def _conv_spec(dtype="float64"):
     embed, field, head = conv_odenet(
         (1, 6, 6), 4, (4,), 1, 2, "relu", "tanh")
     return ODENetSpec(n_features=36, n_outputs=2, embed_dim=4, field_hidden=(4,),
-                      augment_dim=1, activation="relu", field_activation="tanh",
+                      augment_dim=1, embed_activation="relu", field_activation="tanh",
                       dtype=dtype, input_shape=(1, 6, 6), embed_layer=embed,
                       field_layer=field, head_layer=head)
 
@@ -67,7 +68,7 @@ def _squash_spec(dtype="float64"):
     field = L.Sequential([L.ConcatSquash(L.Dense(5, activation="softplus")),
                           L.ConcatSquash(L.Dense(4))])
     return ODENetSpec(n_features=3, n_outputs=3, embed_dim=4, field_hidden=(),
-                      augment_dim=0, activation="tanh", field_activation="tanh",
+                      augment_dim=0, embed_activation="tanh", field_activation="tanh",
                       dtype=dtype, field_layer=field)
 
 
@@ -99,7 +100,7 @@ def test_a_training_step_and_prediction_equal_the_reference(engine, make_spec, a
 def test_the_conv_odenet_learns_images(engine):
     X, y = _images(80)
     clf = ODEClassifier(backend=engine.name, field="conv", input_shape=(1, 6, 6),
-                        hidden_layer_sizes=(8,), learning_rate_init=0.02, alpha=1e-4,
+                        hidden_layer_sizes=(), latent_dim=8, learning_rate_init=0.02, alpha=1e-4,
                         max_iter=15, batch_size=20, random_state=0, **FIXED).fit(X[:60], y[:60])
     assert clf.loss_curve_[-1] < 0.5 * clf.loss_curve_[0]
     assert clf.score(X[60:], y[60:]) >= 0.9
@@ -110,7 +111,7 @@ def test_a_one_dimensional_signal_field():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((20, 2 * 16))  # rows of 2 channels x 16 positions
     y = np.arange(20) % 3
-    clf = ODEClassifier(field="conv", input_shape=(2, 16), hidden_layer_sizes=(4,),
+    clf = ODEClassifier(field="conv", input_shape=(2, 16), hidden_layer_sizes=(), latent_dim=4,
                         max_iter=1, random_state=0, **FIXED).fit(X, y)
     # 16 > 12: one stride-2 convolution in the stem; a 1-D state of 8 positions.
     assert clf._spec.state_shape == (4, 8)
@@ -124,7 +125,7 @@ def test_the_mnist_stem_downsamples_twice():
     assert embed.output_shape((1, 28, 28)) == (64, 7, 7)
     assert field.output_shape((64, 7, 7)) == (64, 7, 7)
     spec = ODENetSpec(n_features=784, n_outputs=10, embed_dim=64, field_hidden=(64,),
-                      augment_dim=0, activation="relu", field_activation="relu",
+                      augment_dim=0, embed_activation="relu", field_activation="relu",
                       input_shape=(1, 28, 28), embed_layer=embed, field_layer=field,
                       head_layer=head)
     # The paper's ODE-Net has 0.22 M parameters.
@@ -136,13 +137,13 @@ def test_the_mnist_stem_downsamples_twice():
 
 def test_fields_clone_and_search_as_parameters():
     field = L.Sequential([L.ConcatTime(L.Dense(6, activation="tanh")), L.Dense(4)])
-    clf = ODEClassifier(hidden_layer_sizes=(4,), field=field, max_iter=2)
+    clf = ODEClassifier((), latent_dim=4, field=field, max_iter=2)
     copy = clone(clf)
     assert copy.get_params()["field"] == field
     X, y = _images(40)
     image_field = L.Sequential([L.GroupNorm(2), L.ConcatSquash(L.Conv(4, (3, 3), padding=1))])
     search = GridSearchCV(
-        ODEClassifier(input_shape=(1, 6, 6), hidden_layer_sizes=(4,), max_iter=2,
+        ODEClassifier(input_shape=(1, 6, 6), hidden_layer_sizes=(), latent_dim=4, max_iter=2,
                       random_state=0, **FIXED),
         {"field": ["mlp", "conv", image_field]}, cv=2).fit(X, y)
     assert [p["field"] for p in search.cv_results_["params"]] == ["mlp", "conv",
@@ -161,7 +162,7 @@ def test_fields_clone_and_search_as_parameters():
 ])
 def test_bad_fields_are_refused_before_anything_changes(kwargs, match):
     X, y = _images(20)
-    clf = ODEClassifier(hidden_layer_sizes=(4,), max_iter=1, random_state=0, **FIXED)
+    clf = ODEClassifier((), latent_dim=4, max_iter=1, random_state=0, **FIXED)
     clf.fit(X, y)
     before = {k: v.copy() for k, v in clf.params_.items()}
     with pytest.raises(ValueError, match=match):
@@ -177,7 +178,7 @@ def test_conv_and_sequential_models_round_trip_between_engines(load_engine, tmp_
     X, y = _images(30)
     field = L.Sequential([L.GroupNorm(2), L.ConcatSquash(L.Conv(4, (3, 3), padding=1))])
     for i, kwargs in enumerate([dict(field="conv"), dict(field=field)]):
-        clf = ODEClassifier(input_shape=(1, 6, 6), hidden_layer_sizes=(4,), max_iter=1,
+        clf = ODEClassifier(input_shape=(1, 6, 6), hidden_layer_sizes=(), latent_dim=4, max_iter=1,
                             random_state=0, **FIXED, **kwargs).fit(X, y)
         path = tmp_path / f"model{i}.odeplug"
         odeplug.save(clf, path)

@@ -23,8 +23,8 @@ STEP = dict(solver="euler", step_size=0.25)
 def _setup(engine: str, shape: tuple[int, ...], width: int, t1: float, adjoint: bool,
            rows: int, **settings):
     clf = odeplug.ODEClassifier(backend=engine, field="conv", input_shape=shape,
-                                hidden_layer_sizes=(width, width), t1=t1, adjoint=adjoint,
-                                random_state=0, **STEP, **settings)
+                                latent_dim=width, hidden_layer_sizes=(width,), t1=t1,
+                                adjoint=adjoint, random_state=0, **STEP, **settings)
     backend = get_backend(engine)
     n = int(np.prod(shape))
     rng = np.random.default_rng(0)

@@ -244,7 +244,7 @@ def test_fitted_attributes(fitted):
     assert set(model.curves_) == {"loss", "nll", "nfe_forward", "nfe_backward",
                                   "kinetic_energy", "jacobian_norm",  # RNODE by default
                                   "learning_rate"}
-    assert model.nfe_["forward"] > 0 and model.t_ == 15 * 240
+    assert model.nfe_["nfe_forward"] > 0 and model.t_ == 15 * 240
     assert model.get_feature_names_out().tolist() == ["cnfdensity0", "cnfdensity1"]
 
 
@@ -397,7 +397,7 @@ def test_before_fit():
     (dict(kinetic_energy=-1.0), ValueError),
     (dict(jacobian_norm="a lot"), TypeError),
     (dict(hidden_layer_sizes=(0,)), ValueError),
-    (dict(field_activation="gelu"), ValueError),
+    (dict(activation="gelu"), ValueError),
     (dict(t1=0.0), ValueError),
 ])
 def test_bad_parameters(params, error):

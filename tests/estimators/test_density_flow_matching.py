@@ -173,7 +173,7 @@ def test_loss_curve_is_the_regression_loss(blobs_model):
     gaps = np.subtract(model.curves_["loss"], model.curves_["mse"])
     assert np.all(gaps > 0) and np.all(gaps < 1e-2)
     assert np.mean(model.loss_curve_[-10:]) < 0.8 * np.mean(model.loss_curve_[:3])
-    assert model.nfe_ == {"forward": 1, "backward": 0}  # no solve in training
+    assert model.nfe_ == {"nfe_forward": 1, "nfe_backward": 0}  # no solve in training
 
 
 def test_early_stopping_reports_the_held_out_log_likelihood():

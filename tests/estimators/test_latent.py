@@ -50,7 +50,7 @@ def rotations(n, seed):
 
 def small(**kwargs) -> LatentODERegressor:
     params = dict(obs_times=OBS_TIMES, target_times=TARGET_TIMES, encoder="rnn",
-                  latent_dim=2, encoder_hidden_sizes=(8,), field_hidden_sizes=(),
+                  latent_dim=2, encoder_hidden_sizes=(8,), hidden_layer_sizes=(),
                   decoder_hidden_sizes=(), max_iter=2, batch_size=16, rtol=1e-4, atol=1e-6,
                   random_state=0)
     params.update(kwargs)
@@ -169,7 +169,7 @@ def test_elbo_gradient_matches_finite_differences():
     for encoder, noise in (("ode_rnn", "auto"), ("rnn", 0.3)):
         spec, batch = training_batch(X_SMALL[:6], Y_SMALL[:6], encoder=encoder,
                                      encoder_hidden_sizes=(4, 3), noise_std=noise,
-                                     decoder_hidden_sizes=(3,), field_hidden_sizes=(3,))
+                                     decoder_hidden_sizes=(3,), hidden_layer_sizes=(3,))
         program = program_of("reference", spec)
         params = spec.init_params(3)
         for adjoint in (False, True):

@@ -34,7 +34,7 @@ SQUASH = L.Sequential([L.ConcatSquash(L.Dense(8, activation="tanh")), L.Dense(2)
 @pytest.mark.parametrize("hidden", [(), (20, 20)])
 def test_the_mlp_default_keeps_todays_parameter_table_and_draws(activation, hidden):
     """Model files written before fields existed hold this table (tests/golden too)."""
-    model = LatentODERegressor(field_hidden_sizes=hidden, activation=activation,
+    model = LatentODERegressor(hidden_layer_sizes=hidden, activation=activation,
                                latent_dim=3)
     spec = model._spec_of(2, "float64")
     assert spec.field_layer is None

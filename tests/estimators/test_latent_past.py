@@ -79,7 +79,7 @@ def test_fit_refuses_targets_before_the_first_observation_and_predict_answers(li
         model.fit(X, Y_SMALL, target_times=targets)
     assert all(np.array_equal(model.params_[k], before[k]) for k in before)
     assert np.isfinite(model.score(X, Y_SMALL, target_times=targets))
-    samples = model.sample_trajectories(X[:3], [-1.0, 0.5], n_draws=4, random_state=0)
+    samples = model.sample_trajectories(X[:3], [-1.0, 0.5], n_samples=4, random_state=0)
     assert samples.shape == (3, 4, 2, 2) and np.all(np.isfinite(samples))
 
 
@@ -137,7 +137,7 @@ def test_the_state_at_t0_of_a_damped_pendulum_first_observed_later(engine, pendu
     (X, times, y, target_times, _), (X_test, times_test, _, _, truth) = pendulums
     model = LatentODERegressor(
         backend=engine.name, encoder="rnn", latent_dim=2, encoder_hidden_sizes=(16,),
-        field_hidden_sizes=(24,), decoder_hidden_sizes=(), solver="rk4", step_size=0.5,
+        hidden_layer_sizes=(24,), decoder_hidden_sizes=(), solver="rk4", step_size=0.5,
         max_iter=150, batch_size=60, learning_rate_init=0.03, random_state=0,
     ).fit(X, y, times=times, target_times=target_times)
     mean, std = model.predict_trajectory(X_test, [0.0], return_std=True, times=times_test)

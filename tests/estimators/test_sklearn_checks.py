@@ -12,13 +12,13 @@ from tests.estimators.test_classifier import installed_engines
 # A small, quickly trained model: the checks fit dozens of times on tiny data sets and
 # require > 83% training accuracy on three blobs (check_classifiers_train).
 CHECKED = [
-    ODEClassifier(backend=name, hidden_layer_sizes=(8, 8), max_iter=40, learning_rate_init=0.05,
+    ODEClassifier((8,), latent_dim=8, backend=name, max_iter=40, learning_rate_init=0.05,
                   alpha=1e-4, rtol=1e-2, atol=1e-3)
     for name in installed_engines()
 ] + [
     # A field of odeplug.layers (FFJORD's time conditioning): a parameter value that
     # clones, compares and compiles once per architecture on JAX.
-    ODEClassifier(backend=name, hidden_layer_sizes=(8,), max_iter=40, learning_rate_init=0.05,
+    ODEClassifier((), latent_dim=8, backend=name, max_iter=40, learning_rate_init=0.05,
                   alpha=1e-4, rtol=1e-2, atol=1e-3,
                   field=L.Sequential([L.ConcatSquash(L.Dense(8, activation="tanh")),
                                       L.ConcatSquash(L.Dense(8))]))
@@ -47,7 +47,7 @@ CHECKED = [
 # suite ~75 s on JAX on this 2-core machine, 16 compiled steps).
 CHECKED += [
     LatentODERegressor(backend=name, encoder="rnn", latent_dim=2, encoder_hidden_sizes=(8,),
-                       field_hidden_sizes=(8,), decoder_hidden_sizes=(), max_iter=3,
+                       hidden_layer_sizes=(8,), decoder_hidden_sizes=(), max_iter=3,
                        learning_rate_init=0.05, rtol=1e-2, atol=1e-3, kl_annealing=0)
     for name in installed_engines()
 ] + [

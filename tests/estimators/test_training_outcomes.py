@@ -102,7 +102,7 @@ def test_ctrl_c_leaves_a_classifier_at_one_moment_too(engine, monkeypatch):
     from odeplug import ODEClassifier
 
     Xc, yc = make_moons(60, noise=0.1, random_state=1)
-    model = ODEClassifier(backend=engine.name, hidden_layer_sizes=(4,), batch_size=20,
+    model = ODEClassifier(backend=engine.name, hidden_layer_sizes=(), latent_dim=4, batch_size=20,
                           max_iter=10, learning_rate_init=0.05, random_state=0)
     cls = type(odeplug.get_backend(engine.name).make_program(model._spec_of(2, 2,
                                                                             "float32")))

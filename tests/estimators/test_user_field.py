@@ -80,7 +80,7 @@ def _data(n=40):
 
 
 def _clf(home, width=4, hidden=8, **kwargs):
-    params = dict(backend=home, hidden_layer_sizes=(width,), max_iter=3,
+    params = dict(backend=home, hidden_layer_sizes=(), latent_dim=width, max_iter=3,
                   learning_rate_init=0.05, random_state=0,
                   field=UserField(MODULES[home], width=width, hidden=hidden), **FIXED)
     params.update(kwargs)
@@ -104,9 +104,9 @@ def test_fit_predict_trains_the_module_parameters(home):
 
 
 def test_augmented_state_is_the_module_width(home):
-    """The module sees ``hidden_layer_sizes[0] + augment_dim`` channels."""
+    """The module sees ``latent_dim + augment_dim`` channels."""
     X, y = _data()
-    clf = _clf(home, width=5, hidden_layer_sizes=(3,), augment_dim=2).fit(X, y)
+    clf = _clf(home, width=5, latent_dim=3, augment_dim=2).fit(X, y)
     assert clf._spec.state_shape == (5,)
     assert clf.predict(X).shape == (len(X),)
 
@@ -124,7 +124,7 @@ def test_initial_parameters_are_the_module_own_seeded_by_random_state(home):
     assert np.abs(first[name]).max() <= bound
     assert np.abs(first[name]).max() > 0.5 * bound
     # The embedding and head draw as with any field: the same seed, the same arrays.
-    mlp = ODEClassifier(hidden_layer_sizes=(4,))._spec_of(2, 2, "float64").init_params(1)
+    mlp = ODEClassifier((), latent_dim=4)._spec_of(2, 2, "float64").init_params(1)
     assert np.array_equal(mlp["embed.weight"], first["embed.weight"])
 
 
@@ -143,13 +143,13 @@ def test_fit_leaves_the_global_generators_alone(home):
 
 def test_module_of_the_wrong_output_shape_is_refused_at_fit():
     X, y = _data()
-    clf = ODEClassifier(backend="torch", hidden_layer_sizes=(4,), max_iter=1,
+    clf = ODEClassifier(backend="torch", hidden_layer_sizes=(), latent_dim=4, max_iter=1,
                         field=UserField(TorchWrongWidth, width=4))
     with pytest.raises(ValueError, match=r"maps states of shape \(4,\) to \(5,\)"):
         clf.fit(X, y)
     assert not hasattr(clf, "params_")
     with pytest.raises(ValueError, match=r"fails on the ODE state of shape \(3,\)"):
-        clf.set_params(hidden_layer_sizes=(3,), field=UserField(TorchField, width=4)).fit(X, y)
+        clf.set_params(latent_dim=3, field=UserField(TorchField, width=4)).fit(X, y)
 
 
 # --------------------------------------------------------------------- refusals
@@ -282,7 +282,7 @@ def test_load_refuses_a_missing_or_mismatched_module(home):
     other = "jax" if home == "torch" else "torch"
     refused(r"is an? (torch|equinox) module",
             field=UserField(MODULES[other], width=4, hidden=8))
-    plain = _saved(ODEClassifier(hidden_layer_sizes=(4,), max_iter=1, **FIXED).fit(X, y))
+    plain = _saved(ODEClassifier((), latent_dim=4, max_iter=1, **FIXED).fit(X, y))
     with pytest.raises(odeplug.ModelFileError, match="not a user module") as info:
         odeplug.load(io.BytesIO(plain), field=UserField(MODULES[home], width=4))
     assert info.value.reason == "field"
@@ -314,7 +314,7 @@ def test_image_rows_give_the_module_the_stem_channels():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((30, 16))
     y = (X[:, :8].sum(axis=1) > 0).astype(int)
-    clf = ODEClassifier(backend="torch", hidden_layer_sizes=(4,), augment_dim=2,
+    clf = ODEClassifier(backend="torch", hidden_layer_sizes=(), latent_dim=4, augment_dim=2,
                         input_shape=(1, 4, 4), max_iter=2, random_state=0,
                         field=UserField(TorchConvField, channels=6), **FIXED).fit(X, y)
     assert clf._spec.state_shape == (6, 4, 4)

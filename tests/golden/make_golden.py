@@ -7,7 +7,10 @@ How they were made: ``python tests/golden/make_golden.py`` on 2026-12-07, with t
 branch that added these files changed only ``load``), numpy/scikit-learn/safetensors as
 recorded in each file's header, torch 2.13.0 CPU, jax 0.10.2. Each model is fitted on
 the reference engine (float64) for two epochs on the inputs stored beside it, so the
-files are small and fully determined by ``random_state``.
+files are small and fully determined by ``random_state``. It uses the estimators'
+parameter names of that commit (before issue 19's one vocabulary: ``field_activation``,
+``field_hidden_sizes``, ``hidden_layer_sizes[0]`` as the classifier's state width), which
+``odeplug.load`` maps to today's; it runs on the odeplug of that commit only.
 
 Never regenerate these files to make a failing test pass: a later odeplug must load
 the files of every earlier format version and predict what they predicted. Add files
@@ -48,7 +51,7 @@ def models(data):
     """The fitted models, by file name."""
     small = dict(max_iter=2, random_state=0, backend="reference")
     return {
-        "classifier": odeplug.ODEClassifier(hidden_layer_sizes=(4, 4), batch_size=16,
+        "classifier": odeplug.ODEClassifier((4, 4), batch_size=16,
                                             **small).fit(data["X"], data["y"]),
         "density": odeplug.CNFDensity(hidden_layer_sizes=(4,), batch_size=16, **small)
         .fit(data["X"]),
