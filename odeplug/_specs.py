@@ -17,6 +17,7 @@ The program contract itself is in :mod:`odeplug._protocols`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -416,6 +417,20 @@ class CNFSpec(ModelSpec):
     def state_shape(self) -> tuple[int, ...]:
         """The shape of a state row as the field's layers see it."""
         return tuple(self.input_shape) if self.input_shape is not None else (self.n_features,)
+
+    def field_functions(self, ops: Any, mlp_field: Callable, mlp_field_jvp: Callable):
+        """``(field, field_jvp)`` of this spec on an engine: the MLP's own forward mode
+        (``mlp_field("field", n_layers, activation)`` and its ``_jvp``, the engine's),
+        or a layer field realised by the engine's ``ops`` with per-layer JVPs
+        (:func:`odeplug.layers.as_trace_field`). Written once for every engine."""
+        if self.field_layer is None:
+            n, act = self.n_field_layers, self.field_activation
+            return mlp_field("field", n, act), mlp_field_jvp("field", n, act)
+        from .layers import as_field, as_trace_field
+
+        layer, shape = self.field_layer, self.state_shape
+        return (as_field(layer, "field", shape, ops),
+                as_trace_field(layer, "field", shape, ops))
 
     @property
     def field_sizes(self) -> tuple[int, ...]:

@@ -25,7 +25,6 @@ import numpy as np
 from odeplug._constant import Constant
 from odeplug._protocols import INFERENCE_DTYPE, empty_row_stats
 from odeplug._specs import CNFHyper, CNFSpec, CNFTrainingSpec, cnf_training
-from odeplug.layers import as_field, as_trace_field
 
 from .nn import LAYER_OPS, mlp_field, mlp_field_jvp
 from .programs import (
@@ -44,17 +43,7 @@ from .programs import (
 )
 from .solve import SolveStatic, odeint_rows_traced, odeint_traced
 
-__all__ = ["CNFProgram", "augmented_field", "field_functions", "log_normal"]
-
-
-def field_functions(spec: CNFSpec):
-    """``(field, field_jvp)``; see ``odeplug.reference.cnf.field_functions``."""
-    if spec.field_layer is None:
-        n, act = spec.n_field_layers, spec.field_activation
-        return mlp_field("field", n, act), mlp_field_jvp("field", n, act)
-    layer, shape = spec.field_layer, spec.state_shape
-    return (as_field(layer, "field", shape, LAYER_OPS),
-            as_trace_field(layer, "field", shape, LAYER_OPS))
+__all__ = ["CNFProgram", "augmented_field", "log_normal"]
 
 
 def augmented_field(field_jvp, n_features: int, regularize: bool):
@@ -91,7 +80,7 @@ class _CNF:
         self.spec = spec
         d = spec.n_features
         # The vector field f(t, z, params) itself (flow matching regresses it).
-        self.field, field_jvp = field_functions(spec)
+        self.field, field_jvp = spec.field_functions(LAYER_OPS, mlp_field, mlp_field_jvp)
         self.dynamics = augmented_field(field_jvp, d, regularize)
         self.inference_dynamics = augmented_field(field_jvp, d, False)
 

@@ -9,6 +9,7 @@ probe vector for Hutchinson's estimate.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -21,7 +22,6 @@ from .._constant import Constant
 from .._protocols import INFERENCE_DTYPE, empty_row_stats
 from .._solver_options import ODEStats
 from .._specs import CNFHyper, CNFSpec, CNFTrainingSpec, cnf_training
-from ..layers import as_field, as_trace_field
 from .nn import INFERENCE_OPS, LAYER_OPS, mlp_field, mlp_field_jvp
 from .programs import Adam, l2_penalty
 from .solve import odeint, odeint_rows
@@ -30,17 +30,12 @@ __all__ = ["CNFProgram", "augmented_field", "field_functions", "log_normal"]
 
 
 def field_functions(spec: CNFSpec, inference: bool = False):
-    """``(field, field_jvp)`` of the spec's field: the MLP's own forward mode, or a
-    layer field's per-layer JVPs (:func:`odeplug.layers.as_trace_field`). Inference:
-    plain NumPy."""
-    if spec.field_layer is None:
-        n, act = spec.n_field_layers, spec.field_activation
-        xp = np if inference else anp
-        return mlp_field("field", n, act, xp=xp), mlp_field_jvp("field", n, act, xp=xp)
-    ops = INFERENCE_OPS if inference else LAYER_OPS
-    layer, shape = spec.field_layer, spec.state_shape
-    return (as_field(layer, "field", shape, ops),
-            as_trace_field(layer, "field", shape, ops))
+    """``(field, field_jvp)`` of the spec's field (:meth:`CNFSpec.field_functions`) on
+    this engine; inference: plain NumPy."""
+    xp = np if inference else anp
+    return spec.field_functions(INFERENCE_OPS if inference else LAYER_OPS,
+                                functools.partial(mlp_field, xp=xp),
+                                functools.partial(mlp_field_jvp, xp=xp))
 
 
 def augmented_field(field_jvp, n_features: int, regularize: bool, xp=anp):
