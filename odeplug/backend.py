@@ -119,7 +119,7 @@ class Backend(abc.ABC):
         ``config.adjoint`` is ignored. Returns ``(ys, counters)``: ``ys`` of shape
         ``(T, n, d)`` in the engine's arrays, ``counters`` a dict of ``nfe_forward``,
         ``n_steps`` and ``n_rejected``, NumPy arrays of shape ``(n,)``. A failed row
-        raises the ``SolverError`` of that row alone, prefixed ``row i: `` (the lowest
+        raises the ``SolverError`` of that row alone, prefixed ``"row i: "`` (the lowest
         failed row). See :func:`odeplug.odeint_rows`.
 
         By default the engine has none (a third party's engine may add it).
