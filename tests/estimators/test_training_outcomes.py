@@ -174,7 +174,8 @@ def test_the_fitted_spec_holds_the_architecture_only(engine):
                               kinetic_energy=0.0, jacobian_norm=0.0))
     assert model._spec == other._spec
     assert {f for f in vars(model._spec)} == {"n_features", "field_hidden",
-                                              "field_activation", "dtype"}
+                                              "field_activation", "dtype",
+                                              "input_shape", "field_layer"}
 
 
 def test_jax_inference_compiles_once_whatever_the_training_choices():
