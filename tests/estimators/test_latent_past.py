@@ -118,6 +118,15 @@ def damped_pendulum(n, seed, n_obs=10, window=4.0, n_targets=2):
     return X, times, y, target_times, state_at_0
 
 
+def test_inference_stats_count_the_backward_solves(linear):
+    """An earlier target costs its backward solve: each series' counters add it."""
+    model, X = linear
+    later = model.inference_stats(X[:3], target_times=[4.0])
+    both = model.inference_stats(X[:3], target_times=[-1.0, 4.0])
+    assert (both["nfe_forward"] > later["nfe_forward"]).all()
+    assert (both["n_steps"] > later["n_steps"]).all()
+
+
 @pytest.fixture(scope="module")
 def pendulums():
     return damped_pendulum(60, seed=0), damped_pendulum(60, seed=1)
