@@ -304,7 +304,8 @@ def report(results: dict) -> str:
         "split (stratified 75/25, `random_state=0`), the conv ODE-Net's pixels scaled by "
         "one mean and standard deviation of the training images (a convolution shares "
         "its kernel over positions, and per-pixel units differ by position), SVC's and "
-        "the MLP's standardised per pixel (their usual input). Test accuracy, mean of the seeds (target: "
+        "the MLP's standardised per pixel (their usual input). Test accuracy, mean of "
+        "the seeds (target: "
         ">= 0.99)"
         + (f"; the seeds fitted in {results['jobs']} processes alongside the fit-time "
            "table, so their fit times share the machine." if results.get("jobs", 1) > 1
